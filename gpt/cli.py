@@ -1,0 +1,17 @@
+"""The command-line edge: user errors become one line on stderr and exit code 2."""
+
+import sys
+from collections.abc import Callable
+
+from gpt.errors import UserError
+
+USER_ERROR_EXIT_CODE = 2
+
+
+def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> int:
+    """Run ``main(argv)`` and turn a :class:`UserError` into ``error: ...`` and exit code 2."""
+    try:
+        return main(sys.argv[1:] if argv is None else argv) or 0
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE

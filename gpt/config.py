@@ -1,0 +1,206 @@
+"""The typed run configuration: sections ``data``, ``model`` and ``train`` (with ``train.wandb``).
+
+A config is a YAML file plus dotted ``key=value`` overrides from the command line::
+
+    python train.py configs/shakespeare_char.yaml model.n_layer=4 train.max_iters=200
+
+pydantic does the type checking and range checks, once, before any work starts. Every problem becomes
+a :class:`~gpt.errors.UserError` naming the key and what to do, with a did-you-mean suggestion for
+unknown keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+from gpt.errors import UserError
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, and assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+
+
+class DataConfig(Section):
+    dir: str = Field("data/shakespeare_char", description="a folder written by data_prep")
+
+
+class ModelConfig(Section):
+    arch: Literal["gpt", "mlp", "cnn"] = Field("gpt", description="gpt | mlp | cnn")
+    n_layer: PositiveInt = Field(6, description="transformer blocks / MLP hidden layers / conv layers")
+    n_head: PositiveInt = Field(6, description="attention heads (gpt)")
+    n_embd: PositiveInt = Field(384, description="embedding width (channels for cnn)")
+    block_size: PositiveInt = Field(256, description="context length in tokens")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability, in [0, 1)")
+    bias: bool = Field(True, description="biases in linear layers and LayerNorms")
+    init: Literal["xavier", "gpt2"] = Field("xavier", description="xavier | gpt2 (normal 0.02)")
+    vocab_size: PositiveInt | None = Field(
+        None, description="None: from the data's meta.json; larger values pad the vocabulary"
+    )
+    context: PositiveInt = Field(8, description="tokens the MLP baseline sees (mlp)")
+    kernel_size: int = Field(3, ge=2, description="convolution width (cnn)")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.arch == "gpt" and self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+        return self
+
+
+class WandbConfig(Section):
+    mode: Literal["disabled", "offline", "online"] | None = Field(
+        None, description="None: the WANDB_MODE environment variable, else offline"
+    )
+    project: str = Field("gpt-trainer", description="W&B project")
+    run_name: str | None = Field(None, description="W&B run name (default: the out_dir's name)")
+
+    def resolved_mode(self) -> str:
+        mode = self.mode or os.environ.get("WANDB_MODE", "offline")
+        if mode not in ("disabled", "offline", "online"):
+            raise UserError(f"WANDB_MODE={mode!r} is not one of disabled, offline, online")
+        return mode
+
+
+class TrainConfig(Section):
+    out_dir: str = Field("out/run", description="where config, metrics, weights and checkpoints go")
+    batch_size: PositiveInt = Field(32, description="sequences per process per micro-step")
+    gradient_accumulation_steps: PositiveInt = Field(1, description="micro-steps per optimizer step")
+    max_iters: PositiveInt = Field(5000, description="optimizer steps")
+    learning_rate: float = Field(1e-3, gt=0.0, description="peak learning rate")
+    min_lr: float = Field(1e-4, ge=0.0, description="learning rate at the end of the decay")
+    warmup_iters: int = Field(100, ge=0, description="steps of linear warmup from 0")
+    lr_decay_iters: PositiveInt | None = Field(None, description="end of the decay (None: max_iters)")
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay shape")
+    weight_decay: float = Field(0.1, ge=0.0, description="AdamW decoupled weight decay")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1")
+    beta2: float = Field(0.99, ge=0.0, lt=1.0, description="AdamW beta2")
+    grad_clip: float = Field(1.0, ge=0.0, description="max global gradient norm (0: off)")
+    eval_interval: PositiveInt = Field(250, description="steps between evaluations")
+    eval_iters: PositiveInt = Field(20, description="batches per split per evaluation")
+    log_interval: PositiveInt = Field(10, description="steps between train records in metrics.jsonl")
+    checkpoint_interval: PositiveInt = Field(500, description="steps between resumable checkpoints")
+    keep_checkpoints: PositiveInt = Field(3, description="how many recent checkpoints to keep")
+    early_stopping_patience: int = Field(0, ge=0, description="evaluations without progress (0: off)")
+    seed: int = Field(1337, ge=0, description="seeds weights, dropout and the sample order")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="no | bf16 | fp16")
+    compile: bool = Field(False, description="torch.compile the model")
+    resume: str = Field("auto", description="auto | never | a checkpoint folder")
+    cpu: bool = Field(False, description="train on the CPU even if a GPU is present")
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+    @model_validator(mode="after")
+    def _consistent_schedule(self) -> TrainConfig:
+        if self.min_lr > self.learning_rate:
+            raise ValueError(
+                f"train.min_lr ({self.min_lr}) must not exceed train.learning_rate "
+                f"({self.learning_rate})"
+            )
+        if self.warmup_iters > self.decay_iters:
+            raise ValueError(
+                f"train.warmup_iters ({self.warmup_iters}) must not exceed the decay end "
+                f"({self.decay_iters}); lower it or raise train.lr_decay_iters"
+            )
+        return self
+
+    @property
+    def decay_iters(self) -> int:
+        return self.lr_decay_iters or self.max_iters
+
+
+class Config(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config, apply ``key=value`` overrides and validate everything once."""
+    raw: dict[str, Any] = {} if path is None else _read_yaml(Path(path))
+    for override in overrides:
+        _apply_override(raw, override)
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a plain nested dict (as read from YAML) into a :class:`Config`."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise UserError(_describe(error)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; pass a YAML file such as configs/*.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path} must hold a mapping with data, model and train sections")
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"override {override!r} is not of the form section.key=value")
+    *parents, leaf = key.split(".")
+    node = raw
+    for depth, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            prefix = ".".join(parents[: depth + 1])
+            raise UserError(f"override {override!r}: {prefix} is a value, not a section")
+        node = child
+    try:
+        node[leaf] = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        node[leaf] = text
+
+
+def _describe(error: ValidationError) -> str:
+    """One line for all validation problems, each naming its key."""
+    return "; ".join(_describe_one(detail) for detail in error.errors())
+
+
+def _describe_one(detail: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in detail["loc"])
+    if detail["type"] == "extra_forbidden":
+        return f"unknown config key '{key}'{_suggestion(detail['loc'])}"
+    if detail["type"] == "value_error":
+        return str(detail["ctx"]["error"]) if "ctx" in detail else detail["msg"]
+    value = detail.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"config key '{key}': {detail['msg'].lower()}{shown}"
+
+
+def _suggestion(loc: tuple) -> str:
+    """' (did you mean 'model.n_layer'?)' for a misspelt key, else ''."""
+    section: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = section.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        section = annotation
+    close = difflib.get_close_matches(str(loc[-1]), section.model_fields, n=1, cutoff=0.6)
+    if not close:
+        return f"; valid keys here: {', '.join(section.model_fields)}"
+    return f" (did you mean '{'.'.join(map(str, loc[:-1] + (close[0],)))}'?)"

@@ -1,0 +1,10 @@
+"""The one exception type for mistakes a user can fix.
+
+Library code raises :class:`UserError` with a message that names the problem and the fix. Only the
+command-line edge (:func:`gpt.cli.run_cli`) turns it into one line on stderr and exit code 2; everything
+else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user: a config value, a path, a prompt. The message is shown as is."""
