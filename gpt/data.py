@@ -1,0 +1,108 @@
+"""Step-keyed batches from the memory-mapped token streams that data_prep writes.
+
+Which windows of ``train.bin`` a step trains on is a pure function of (seed, step, position in the
+global batch). A global batch has ``batch_size x gradient_accumulation_steps x processes`` positions;
+process ``r`` owns a contiguous slice of them and reads only those windows from disk. So the same
+global batch trains the same model however it is split across micro-steps and processes, and a
+resumed run continues with exactly the batches it would have seen, with no sampler state to save.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpt.errors import UserError
+
+SPLITS = ("train", "val")
+_EVAL_STREAM = 2**31 - 1  # keeps the evaluation windows apart from every training step's
+
+
+@dataclass(frozen=True)
+class BatchSlice:
+    """The positions of a global batch that one process handles in one micro-step."""
+
+    global_size: int
+    start: int
+    size: int
+
+    @classmethod
+    def for_micro_step(
+        cls, batch_size: int, accumulation: int, num_processes: int, rank: int, micro_step: int
+    ) -> BatchSlice:
+        global_size = batch_size * accumulation * num_processes
+        start = (rank * accumulation + micro_step) * batch_size
+        return cls(global_size, start, batch_size)
+
+
+class TokenStream:
+    """One split (``train`` or ``val``) as a read-only memory map of token ids."""
+
+    def __init__(self, path: Path, dtype: str, block_size: int):
+        self.tokens = np.memmap(path, dtype=dtype, mode="r")
+        self.block_size = block_size
+        if len(self.tokens) <= block_size:
+            raise UserError(
+                f"{path} holds {len(self.tokens)} tokens, too few for windows of "
+                f"model.block_size={block_size}; use more data or a smaller block_size"
+            )
+
+    def batch(self, seed: int, key: int, part: BatchSlice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and next-token targets for the ``part`` of the global batch keyed by ``key``."""
+        starts = self._window_starts(seed, key, part.global_size)[part.start : part.start + part.size]
+        windows = np.stack([self.tokens[s : s + self.block_size + 1] for s in starts])
+        windows = torch.from_numpy(windows.astype(np.int64))
+        return windows[:, :-1], windows[:, 1:]
+
+    def _window_starts(self, seed: int, key: int, count: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, key])
+        return rng.integers(0, len(self.tokens) - self.block_size, size=count)
+
+
+class TokenData:
+    """A data_prep folder: its metadata, tokenizer path and the two token streams."""
+
+    def __init__(self, directory: str | Path, block_size: int):
+        self.dir = Path(directory)
+        self.meta = read_meta(self.dir)
+        self.vocab_size: int = self.meta["vocab_size"]
+        self.tokenizer_path = self.dir / "tokenizer.json"
+        self.splits = {
+            split: TokenStream(self.dir / f"{split}.bin", self.meta["dtype"], block_size)
+            for split in SPLITS
+        }
+
+    def train_batch(self, seed: int, step: int, part: BatchSlice):
+        return self.splits["train"].batch(seed, step, part)
+
+    def eval_batch(self, split: str, seed: int, index: int, part: BatchSlice):
+        """The ``index``-th evaluation batch: the same windows at every evaluation."""
+        return self.splits[split].batch(seed, _EVAL_STREAM + index, part)
+
+
+def read_meta(directory: Path) -> dict:
+    """``meta.json`` of a data_prep folder, after checking that the folder is complete."""
+    if not directory.is_dir():
+        raise UserError(
+            f"data folder {directory} does not exist; prepare it with "
+            f"`python -m data_prep --input FILE --out {directory}` or fix data.dir"
+        )
+    missing = [
+        name
+        for name in ("meta.json", "tokenizer.json", "train.bin", "val.bin")
+        if not (directory / name).is_file()
+    ]
+    if missing:
+        raise UserError(
+            f"data folder {directory} lacks {', '.join(missing)}; run data_prep again for it"
+        )
+    try:
+        meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+        _ = meta["vocab_size"], meta["dtype"]
+    except (ValueError, KeyError):
+        raise UserError(f"{directory / 'meta.json'} is damaged; run data_prep again") from None
+    return meta

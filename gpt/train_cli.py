@@ -1,0 +1,35 @@
+"""``python train.py CONFIG [key=value ...]``: train a model described by a YAML config."""
+
+import argparse
+import sys
+
+from gpt.cli import run_cli
+from gpt.config import load_config
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train a GPT (or an MLP/CNN baseline) on a data_prep folder. Runs on one device "
+        "as is, and on several GPUs or machines under `accelerate launch`.",
+        epilog="example: python train.py configs/shakespeare_char_cpu.yaml model.n_layer=4 "
+        "train.max_iters=200",
+    )
+    parser.add_argument("config", help="a YAML config, e.g. configs/shakespeare_char_cpu.yaml")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.batch_size=16"
+    )
+    return parser.parse_args(argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    from gpt.trainer import train  # after validation: a config error costs no torch import
+
+    train(config)
+    return 0
+
+
+def main() -> None:
+    sys.exit(run_cli(_main))
