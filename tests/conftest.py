@@ -1,0 +1,39 @@
+"""Shared fixtures: offline hubs, the bundled corpus, and small prepared data folders."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "data" / "tinyshakespeare.txt"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def run_python(*args: str, cwd: Path = ROOT, timeout: float = 300, env: dict | None = None):
+    """Run ``python ARGS`` like a user would; returns the CompletedProcess (text mode)."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def shakespeare_char(tmp_path_factory) -> Path:
+    """The bundled corpus prepared with the char tokenizer (once per test session)."""
+    out = tmp_path_factory.mktemp("data") / "shakespeare_char"
+    result = run_python(
+        "-m", "data_prep", "--input", str(CORPUS), "--tokenizer", "char", "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    return out

@@ -1,0 +1,135 @@
+"""The config: every bundled file validates, overrides apply, and bad input is one line, exit 2."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from accelerate.commands.config.config_args import ClusterConfig
+
+from gpt.cli import run_cli
+from gpt.config import Config, load_config
+from gpt.errors import UserError
+from gpt.train_cli import _main as train_main
+
+from .conftest import ROOT, run_python
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+ACCELERATE_CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
+
+
+def test_the_bundled_configs_exist():
+    names = {path.name for path in CONFIGS}
+    assert {
+        "shakespeare_char.yaml",
+        "shakespeare_char_cpu.yaml",
+        "shakespeare_bpe.yaml",
+        "mlp_baseline.yaml",
+        "cnn_baseline.yaml",
+        "gpt2_124m.yaml",
+    } <= names
+    assert {p.name for p in ACCELERATE_CONFIGS} >= {
+        "multi_gpu.yaml", "fsdp.yaml", "multi_node.yaml", "cpu_ddp_2proc.yaml"
+    }
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads_and_validates(path: Path):
+    config = load_config(path)
+    written = yaml.safe_load(path.read_text())
+    for section, values in written.items():
+        for key, value in values.items():
+            if isinstance(value, dict):
+                continue
+            assert getattr(getattr(config, section), key) == value, f"{section}.{key}"
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
+def test_every_accelerate_config_is_valid_for_accelerate(path: Path):
+    cluster = ClusterConfig.from_yaml_file(str(path))
+    assert cluster.num_processes >= 2
+
+
+def test_overrides_are_typed_and_nested():
+    config = load_config(
+        ROOT / "configs" / "shakespeare_char_cpu.yaml",
+        ["model.n_layer=2", "train.learning_rate=1e-2", "train.compile=true",
+         "train.wandb.mode=disabled", "train.wandb.run_name=123", "data.dir=elsewhere"],
+    )
+    assert config.model.n_layer == 2
+    assert config.train.learning_rate == pytest.approx(1e-2)
+    assert config.train.compile is True
+    assert config.train.wandb.mode == "disabled"
+    assert config.train.wandb.run_name == "123"
+    assert config.data.dir == "elsewhere"
+
+
+def test_defaults_without_a_file():
+    config = load_config(None)
+    assert isinstance(config, Config)
+    assert config.model.init == "xavier"
+    assert config.train.decay_iters == config.train.max_iters
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    config = load_config(ROOT / "configs" / "gpt2_124m.yaml", ["train.seed=7"])
+    file = tmp_path / "config.yaml"
+    file.write_text(config.to_yaml())
+    assert load_config(file) == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.n_layr=4"], "unknown config key 'model.n_layr' (did you mean 'model.n_layer'?)"),
+        (["trian.max_iters=4"], "unknown config key 'trian' (did you mean 'train'?)"),
+        (["train.wandb.mdoe=offline"], "did you mean 'train.wandb.mode'?"),
+        (["model.n_layer=four"], "config key 'model.n_layer': input should be a valid integer"),
+        (["train.compile=maybe"], "config key 'train.compile'"),
+        (["train.learning_rate=-0.1"], "config key 'train.learning_rate': input should be greater than 0"),
+        (["model.dropout=1.0"], "config key 'model.dropout': input should be less than 1"),
+        (["model.dropout=-0.1"], "config key 'model.dropout'"),
+        (["model.n_embd=100", "model.n_head=6"], "model.n_embd (100) must be divisible by model.n_head (6)"),
+        (["model.arch=rnn"], "config key 'model.arch'"),
+        (["train.mixed_precision=fp8"], "config key 'train.mixed_precision'"),
+        (["train.min_lr=1.0"], "train.min_lr (1.0) must not exceed train.learning_rate"),
+        (["model.n_layer"], "is not of the form section.key=value"),
+        (["model.n_layer.deep=1"], "model.n_layer is a value, not a section"),
+    ],
+)
+def test_invalid_input_is_one_clear_line_and_exit_code_2(overrides, message, capsys):
+    argv = [str(ROOT / "configs" / "shakespeare_char_cpu.yaml"), *overrides]
+    assert run_cli(train_main, argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_a_missing_config_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_a_file_that_is_not_yaml_is_a_user_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML at line"):
+        load_config(bad)
+
+
+def test_a_missing_data_folder_stops_before_any_work(tmp_path):
+    result = run_python(
+        "train.py", str(ROOT / "configs" / "shakespeare_char_cpu.yaml"),
+        f"data.dir={tmp_path / 'missing'}", f"train.out_dir={tmp_path / 'out'}",
+    )
+    assert result.returncode == 2
+    assert "data folder" in result.stderr and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_command_line_exits_2_without_a_traceback():
+    result = run_python("train.py", str(ROOT / "configs" / "mlp_baseline.yaml"), "model.n_lyer=2")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: unknown config key 'model.n_lyer' (did you mean 'model.n_layer'?)"
+    )

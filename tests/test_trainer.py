@@ -1,0 +1,300 @@
+"""The trainer, end to end on the bundled corpus: short CPU runs through the real command line."""
+
+import json
+import math
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gpt.config import TrainConfig
+from gpt.data import BatchSlice, TokenData
+from gpt.trainer import learning_rate
+
+from .conftest import ROOT, run_python
+
+TINY = [
+    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
+    "model.dropout=0.0", "train.batch_size=8", "train.warmup_iters=5", "train.learning_rate=3e-3",
+    "train.min_lr=3e-4", "train.eval_iters=4", "train.log_interval=5", "train.wandb.mode=disabled",
+]
+
+
+def train_args(data: Path, out: Path, *overrides: str, config: str = "shakespeare_char_cpu.yaml"):
+    return ["train.py", str(ROOT / "configs" / config), f"data.dir={data}", f"train.out_dir={out}",
+            *TINY, *overrides]
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    newest = sorted((out / "checkpoints").glob("step_*"))[-1]
+    return load_file(newest / "model.safetensors")
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        if atol:
+            torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=name)
+        else:
+            assert torch.equal(a[name], b[name]), name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----- unit tests of the pieces ------------------------------------------------------------------
+
+
+def test_learning_rate_warms_up_then_decays_to_min_lr():
+    config = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
+    rates = [learning_rate(step, config) for step in range(120)]
+    assert rates[0] == pytest.approx(1 / 11)
+    assert all(a < b for a, b in zip(rates[:10], rates[1:11]))
+    assert rates[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(rates[10:110], rates[11:111]))
+    assert rates[60] == pytest.approx(0.55)  # cosine: half way down at half the decay
+    assert rates[110:] == [pytest.approx(0.1)] * 10
+    linear = config.model_copy(update={"lr_schedule": "linear"})
+    assert learning_rate(35, linear) == pytest.approx(1.0 - 0.25 * 0.9)
+    constant = config.model_copy(update={"lr_schedule": "constant"})
+    assert learning_rate(100, constant) == 1.0
+
+
+def test_batch_slices_partition_the_global_batch():
+    seen = []
+    for rank in range(2):
+        for micro in range(3):
+            part = BatchSlice.for_micro_step(4, 3, 2, rank, micro)
+            assert part.global_size == 24
+            seen += range(part.start, part.start + part.size)
+    assert sorted(seen) == list(range(24))
+
+
+def test_batches_are_a_pure_function_of_seed_step_and_position(shakespeare_char):
+    data = TokenData(shakespeare_char, block_size=16)
+    whole = data.train_batch(1, 7, BatchSlice(8, 0, 8))
+    halves = [data.train_batch(1, 7, BatchSlice(8, start, 4)) for start in (0, 4)]
+    assert torch.equal(whole[0], torch.cat([h[0] for h in halves]))
+    assert torch.equal(whole[1][:, :-1], whole[0][:, 1:])  # targets are the inputs shifted by one
+    assert not torch.equal(whole[0], data.train_batch(1, 8, BatchSlice(8, 0, 8))[0])
+    assert not torch.equal(whole[0], data.train_batch(2, 7, BatchSlice(8, 0, 8))[0])
+    val = data.eval_batch("val", 1, 0, BatchSlice(8, 0, 8))
+    assert torch.equal(val[0], data.eval_batch("val", 1, 0, BatchSlice(8, 0, 8))[0])
+
+
+# ----- training runs -----------------------------------------------------------------------------
+
+
+def test_loss_falls_and_the_output_folder_is_complete(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    result = run_python(*train_args(shakespeare_char, out, "train.max_iters=60",
+                                    "train.eval_interval=30", "train.checkpoint_interval=30"))
+    assert result.returncode == 0, result.stderr
+    evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 30, 60]
+    assert evals[0]["val_loss"] == pytest.approx(math.log(65), rel=0.1)
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
+    trains = [r for r in read_metrics(out) if r["kind"] == "train"]
+    assert [r["step"] for r in trains] == list(range(5, 61, 5))
+    for record in trains:
+        assert {"loss", "lr", "grad_norm", "tokens_per_sec", "mfu"} <= record.keys()
+        assert record["tokens_per_sec"] > 0 and 0 < record["mfu"] < 1
+    assert (out / "config.yaml").is_file() and (out / "tokenizer.json").is_file()
+    assert "n_layer: 2" in (out / "config.yaml").read_text()
+    assert "vocab_size: 65" in (out / "config.yaml").read_text()
+    assert (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000030", "step_0000060"]
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_baselines_train_through_the_same_command(arch, shakespeare_char, tmp_path):
+    out = tmp_path / arch
+    args = train_args(shakespeare_char, out, "train.max_iters=40", "train.eval_interval=40",
+                      config=f"{arch}_baseline.yaml")
+    result = run_python(*args)
+    assert result.returncode == 0, result.stderr
+    evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.3
+    assert f"arch: {arch}" in (out / "config.yaml").read_text()
+
+
+EQUIVALENCE = ["train.max_iters=6", "train.eval_interval=6", "train.checkpoint_interval=6",
+               "train.grad_clip=1.0", "train.warmup_iters=2"]
+
+
+@pytest.mark.slow
+def test_the_same_global_batch_trains_the_same_model_however_it_is_split(shakespeare_char, tmp_path):
+    reference = tmp_path / "one_process_batch_8"
+    accumulated = tmp_path / "one_process_batch_4_accumulate_2"
+    two_processes = tmp_path / "two_processes_batch_4"
+    two_machines = tmp_path / "two_machines_batch_4"
+    runs = [
+        run_python(*train_args(shakespeare_char, reference, *EQUIVALENCE, "train.batch_size=8")),
+        run_python(*train_args(shakespeare_char, accumulated, *EQUIVALENCE, "train.batch_size=4",
+                               "train.gradient_accumulation_steps=2")),
+        run_python("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--main_process_port", str(free_port()),
+                   "--mixed_precision", "no", "--dynamo_backend", "no",
+                   *train_args(shakespeare_char, two_processes, *EQUIVALENCE, "train.batch_size=4")),
+    ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    port = free_port()
+    machines = [
+        subprocess.Popen(
+            [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+             "2", "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip",
+             "127.0.0.1", "--main_process_port", str(port), "--mixed_precision", "no",
+             "--dynamo_backend", "no",
+             *train_args(shakespeare_char, two_machines, *EQUIVALENCE, "train.batch_size=4")],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    for machine in machines:
+        _, stderr = machine.communicate(timeout=300)
+        assert machine.returncode == 0, stderr[-3000:]
+
+    expected = final_weights(reference)
+    for other in (accumulated, two_processes, two_machines):
+        assert_same_weights(expected, final_weights(other), atol=2e-5)
+    assert read_metrics(two_processes)[-1]["val_loss"] == pytest.approx(
+        read_metrics(reference)[-1]["val_loss"], abs=1e-4
+    )
+
+
+RESUME = ["train.max_iters=120", "train.eval_interval=40", "train.checkpoint_interval=10",
+          "model.dropout=0.1", "model.n_embd=64", "model.block_size=64"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_to_bitwise_identical_weights(shakespeare_char, tmp_path):
+    uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    assert run_python(*train_args(shakespeare_char, uninterrupted, *RESUME)).returncode == 0
+
+    process = subprocess.Popen([sys.executable, *train_args(shakespeare_char, resumed, *RESUME)],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (resumed / "checkpoints" / "step_0000030").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (resumed / "checkpoints" / "step_0000120").exists()
+
+    result = run_python(*train_args(shakespeare_char, resumed, *RESUME))
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stdout
+    assert_same_weights(final_weights(uninterrupted), final_weights(resumed))
+    steps = [(r["kind"], r["step"]) for r in read_metrics(resumed)]
+    assert steps == [(r["kind"], r["step"]) for r in read_metrics(uninterrupted)]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, *train_args(shakespeare_char, out, "train.max_iters=100000",
+                                     "train.checkpoint_interval=100000")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").exists() or "train" not in (out / "metrics.jsonl").read_text():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "stopped by signal" in stdout
+    (checkpoint,) = (out / "checkpoints").glob("step_*")
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert 5 <= state["step"] < 100000
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    good = run_python(*train_args(shakespeare_char, out, "train.max_iters=10",
+                                  "train.checkpoint_interval=10"))
+    assert good.returncode == 0, good.stderr
+    before = final_weights(out)
+    result = run_python(*train_args(shakespeare_char, out, "train.max_iters=30",
+                                    "train.learning_rate=1e30", "train.min_lr=0",
+                                    "train.grad_clip=0", "train.checkpoint_interval=1"))
+    assert result.returncode == 2
+    assert "training loss became" in result.stderr and "step_0000010" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000010"]
+    assert_same_weights(before, final_weights(out))
+
+
+def test_resuming_with_another_model_shape_is_refused(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    assert run_python(*train_args(shakespeare_char, out, "train.max_iters=5")).returncode == 0
+    result = run_python(*train_args(shakespeare_char, out, "train.max_iters=10", "model.n_layer=3"))
+    assert result.returncode == 2
+    assert "another model shape (model.n_layer: checkpoint 2 vs config 3)" in result.stderr
+    fresh = run_python(*train_args(shakespeare_char, out, "train.max_iters=5", "model.n_layer=3",
+                                   "train.resume=never"))
+    assert fresh.returncode == 0, fresh.stderr
+
+
+@pytest.fixture(scope="module")
+def overfitting_data(tmp_path_factory) -> Path:
+    """A corpus small enough to memorise: validation loss falls, then rises."""
+    text = (ROOT / "data" / "tinyshakespeare.txt").read_text()[:4000]
+    corpus = tmp_path_factory.mktemp("small") / "small.txt"
+    corpus.write_text(text)
+    out = corpus.parent / "prepared"
+    result = run_python("-m", "data_prep", "--input", str(corpus), "--tokenizer", "char",
+                        "--val-fraction", "0.25", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_early_stopping_keeps_the_best_val_weights(overfitting_data, tmp_path):
+    out = tmp_path / "run"
+    result = run_python(*train_args(overfitting_data, out, "train.max_iters=2000",
+                                    "train.eval_interval=25", "train.early_stopping_patience=3",
+                                    "train.lr_schedule=constant", "model.n_embd=64",
+                                    "model.block_size=32", "train.weight_decay=0"))
+    assert result.returncode == 0, result.stderr
+    assert "early stopping at step" in result.stdout
+    evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    best = min(range(len(evals)), key=lambda i: evals[i]["val_loss"])
+    assert len(evals) == best + 4  # three evaluations without progress after the best
+    assert evals[-1]["step"] < 2000
+    assert evals[-1]["best_val_loss"] == evals[best]["val_loss"]
+
+    from gpt.checkpoint import load_model
+    from gpt.data import TokenData
+    model = load_model(out / "model.safetensors")
+    data = TokenData(overfitting_data, block_size=32)
+    part = BatchSlice.for_micro_step(8, 1, 1, 0, 0)
+    with torch.no_grad():
+        losses = [model(*data.eval_batch("val", 1337, i, part))[1] for i in range(4)]
+    assert torch.stack(losses).mean().item() == pytest.approx(evals[best]["val_loss"], abs=1e-4)
+
+
+def test_wandb_offline_run_is_written_with_the_logged_metrics(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    result = run_python(*train_args(shakespeare_char, out, "train.max_iters=10",
+                                    "train.eval_interval=10", "train.wandb.mode=offline",
+                                    "train.wandb.run_name=offline-test"))
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    summary = json.loads((run_dir / "files" / "wandb-summary.json").read_text())
+    final = read_metrics(out)[-1]
+    assert summary["eval/val_loss"] == pytest.approx(final["val_loss"])
+    assert "train/loss" in summary and "train/tokens_per_sec" in summary
