@@ -1,0 +1,189 @@
+"""``python -m data_prep`` (or ``gpt-prep``): turn text into a folder the trainer reads.
+
+python -m data_prep --input data/tinyshakespeare.txt --tokenizer char --out data/shakespeare_char
+python -m data_prep --input 'corpus/**/*.txt' --tokenizer bpe --vocab-size 8192 --out data/corpus
+python -m data_prep --hf-dataset json --hf-data-files a.jsonl --tokenizer bpe --out data/a
+python -m data_prep --input new.txt --tokenizer data/corpus/tokenizer.json --out data/new
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from data_prep.prepare import (
+    DEFAULT_BPE_VOCAB,
+    Settings,
+    check_output_folder,
+    check_settings,
+    describe,
+    prepare,
+)
+from data_prep.sources import DatasetCorpus, FileCorpus
+from gpt.cli import run_cli
+from gpt.errors import UserError
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is a one-line UserError like every other mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see python -m data_prep --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog="python -m data_prep",
+        description="Tokenize a text corpus into DIR/tokenizer.json, DIR/train.bin, DIR/val.bin "
+        "(flat token ids, uint16 or uint32) and DIR/meta.json, the folder that training reads.",
+    )
+    source = parser.add_argument_group("text to prepare (give --input or --hf-dataset)")
+    inputs = source.add_mutually_exclusive_group(required=True)
+    inputs.add_argument(
+        "--input",
+        nargs="+",
+        metavar="PATH",
+        help="UTF-8 text files, folders (every file below, hidden ones skipped) or quoted globs "
+        "such as 'corpus/**/*.txt'; each file is one document",
+    )
+    inputs.add_argument(
+        "--hf-dataset",
+        metavar="NAME",
+        help="a Hugging Face dataset: a Hub name, or a builder for local files (text, json, "
+        "parquet, csv) with --hf-data-files; each row is one document",
+    )
+    source.add_argument("--hf-config", metavar="C", help="the dataset's configuration (subset)")
+    source.add_argument(
+        "--hf-split", default="train", metavar="SPLIT", help="the split to read (default: train)"
+    )
+    source.add_argument(
+        "--hf-data-files", nargs="+", metavar="FILE", help="local data files for --hf-dataset"
+    )
+    source.add_argument(
+        "--text-column",
+        default="text",
+        metavar="COLUMN",
+        help="the dataset column holding the text (default: text)",
+    )
+    source.add_argument(
+        "--streaming",
+        action="store_true",
+        help="stream the dataset instead of downloading and converting it first",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default="char",
+        metavar="char|bpe|PATH",
+        help="char: the corpus's characters; bpe: byte-level BPE trained on the corpus; or an "
+        "existing tokenizer.json (or a data folder holding one), to prepare more data for the "
+        "same model (default: char)",
+    )
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        metavar="N",
+        help=f"bpe: the vocabulary size, end-of-text included (default: {DEFAULT_BPE_VOCAB}); "
+        "char: the most distinct characters allowed (default: no limit)",
+    )
+    parser.add_argument(
+        "--bpe-sample-mb",
+        type=int,
+        default=64,
+        metavar="MB",
+        help="bpe: train on the first MB megabytes of the corpus (default: 64)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="the share held out for validation: of the documents, or the end of a single "
+        "document (default: 0.1)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="picks the held-out documents (default: 0)"
+    )
+    parser.add_argument(
+        "--num-proc",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="threads that encode in parallel (default: all cores)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace DIR if it is an earlier data_prep output"
+    )
+    return parser
+
+
+def run(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    _check_dataset_flags(args)
+    if args.num_proc < 1:
+        raise UserError(f"--num-proc {args.num_proc} must be at least 1")
+    if args.bpe_sample_mb < 1:
+        raise UserError(f"--bpe-sample-mb {args.bpe_sample_mb} must be at least 1")
+    _use_threads(args.num_proc)
+    settings = Settings(
+        out=Path(args.out),
+        tokenizer=args.tokenizer,
+        vocab_size=args.vocab_size,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        bpe_sample_mb=args.bpe_sample_mb,
+        overwrite=args.overwrite,
+    )
+    check_settings(settings)  # before a dataset is downloaded or converted; prepare checks again
+    check_output_folder(settings.out, settings.overwrite)
+    corpus = (
+        FileCorpus(args.input)
+        if args.input
+        else DatasetCorpus(
+            args.hf_dataset,
+            args.hf_config,
+            args.hf_split,
+            args.hf_data_files,
+            args.text_column,
+            args.streaming,
+        )
+    )
+    recorded = {key: value for key, value in vars(args).items() if key not in ("out", "overwrite")}
+    meta = prepare(corpus, settings, recorded)
+    print(describe(meta, settings.out))
+
+
+def _check_dataset_flags(args: argparse.Namespace) -> None:
+    if args.input is None:
+        return
+    given = [
+        flag
+        for flag, value in [
+            ("--hf-config", args.hf_config),
+            ("--hf-data-files", args.hf_data_files),
+            ("--streaming", args.streaming),
+        ]
+        if value
+    ]
+    if given:
+        raise UserError(f"{', '.join(given)} only apply to --hf-dataset, not to --input")
+
+
+def _use_threads(num_proc: int) -> None:
+    """Size the Rust thread pool that ``tokenizers`` encodes and trains with.
+
+    It reads these variables when it first runs in a process, so they are set before any work.
+    """
+    os.environ["RAYON_NUM_THREADS"] = str(num_proc)
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if num_proc > 1 else "false"
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    sys.exit(run_cli(run, argv))
+
+
+if __name__ == "__main__":
+    main()

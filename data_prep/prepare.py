@@ -1,0 +1,295 @@
+"""Prepare a corpus for training: a tokenizer, two flat token files and their metadata.
+
+Two streaming passes over the corpus. The first builds the tokenizer: the char vocabulary scans all
+of the text; BPE trains on a bounded sample, the first ``bpe_sample_mb`` megabytes, which is plenty
+to learn merges and keeps that pass's time and memory bounded; a given ``tokenizer.json`` needs no
+pass. The second pass encodes the text in batches (about 2 MB, as 32 chunks) with
+``encode_batch_fast``, whose Rust threads share out a batch's chunks over every core, and appends
+each batch's ids to ``train.bin`` or ``val.bin``. A worker thread encodes one batch while the next
+is read and the last is written. So memory holds a few batches at a time, whatever the size of the
+corpus.
+
+Everything is written into a sibling folder ``OUT.tmp-<pid>`` that is renamed to ``OUT`` only when
+complete, so an interrupted run never leaves a folder the trainer would accept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from data_prep.sources import CHUNK_CHARS, DatasetCorpus, FileCorpus, utf8_length
+from data_prep.split import SPLITS, Piece, split_pieces
+from gpt.errors import UserError
+from gpt.tokenizer import (
+    MAX_BPE_VOCAB,
+    MIN_BPE_VOCAB,
+    Tokenizer,
+    load_tokenizer,
+    train_bpe_tokenizer,
+    train_char_tokenizer,
+)
+
+Corpus = FileCorpus | DatasetCorpus
+DEFAULT_BPE_VOCAB = 8192
+UINT16_MAX_VOCAB = 65535  # the project's contract: uint16 up to this vocabulary size, else uint32
+BATCH_CHARS = 32 * CHUNK_CHARS  # per encode_batch_fast call: work for many threads, bounded memory
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to prepare: the choices of the command line, minus where the text comes from."""
+
+    out: Path
+    tokenizer: str  # "char", "bpe" or the path of a tokenizer.json
+    vocab_size: int | None
+    val_fraction: float
+    seed: int
+    bpe_sample_mb: int
+    overwrite: bool
+
+
+def prepare(corpus: Corpus, settings: Settings, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Write ``settings.out``; returns its meta.json. ``arguments`` are recorded in the meta."""
+    check_settings(settings)
+    check_output_folder(settings.out, settings.overwrite)
+    if next(iter(corpus.documents()), None) is None:
+        raise UserError("the corpus is empty: every input has no text; give it some text")
+    tokenizer = build_tokenizer(corpus, settings)
+    with staging_folder(settings.out) as staging:
+        tokenizer.save(staging / "tokenizer.json")
+        dtype = "uint16" if tokenizer.vocab_size <= UINT16_MAX_VOCAB else "uint32"
+        counts = write_token_files(corpus, tokenizer, dtype, settings, staging)
+        meta = {
+            "vocab_size": tokenizer.vocab_size,
+            "dtype": dtype,
+            "tokenizer": tokenizer.kind,
+            "eot_id": tokenizer.eot_id,
+            "tokens": counts["tokens"],
+            "documents": counts["documents"],
+            "sources": corpus.sources,
+            "content_hash": content_hash([staging / f"{split}.bin" for split in SPLITS]),
+            "arguments": arguments,
+        }
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        publish(staging, settings.out, settings.overwrite)
+    return meta
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse impossible settings before any work is done."""
+    if not 0 < settings.val_fraction < 1:
+        raise UserError(f"--val-fraction {settings.val_fraction} must be between 0 and 1, e.g. 0.1")
+    vocab_size = settings.vocab_size
+    if settings.tokenizer == "bpe" and vocab_size is not None:
+        if not MIN_BPE_VOCAB <= vocab_size <= MAX_BPE_VOCAB:
+            raise UserError(
+                f"--vocab-size {vocab_size} does not suit byte-level BPE: use {MIN_BPE_VOCAB} "
+                f"(the 256 bytes plus end-of-text) to {MAX_BPE_VOCAB} (the uint32 limit)"
+            )
+    elif settings.tokenizer == "char" and vocab_size is not None:
+        if not 1 <= vocab_size <= MAX_BPE_VOCAB:
+            raise UserError(
+                f"--vocab-size {vocab_size} does not suit the char tokenizer: it caps the count "
+                f"of distinct characters, from 1 to {MAX_BPE_VOCAB}; or leave it out"
+            )
+    elif vocab_size is not None:
+        raise UserError(
+            "--vocab-size cannot change an existing tokenizer's vocabulary; leave it out, "
+            "or use --tokenizer bpe to train a new one"
+        )
+
+
+def build_tokenizer(corpus: Corpus, settings: Settings) -> Tokenizer:
+    """The first pass: a char vocabulary from all the text, BPE from a sample, or a given file."""
+    if settings.tokenizer == "char":
+        tokenizer = train_char_tokenizer(
+            _progress(_all_chunks(corpus), "char vocabulary", corpus.total_bytes)
+        )
+        if settings.vocab_size is not None and tokenizer.vocab_size > settings.vocab_size:
+            raise UserError(
+                f"--vocab-size {settings.vocab_size} is too small for the char tokenizer: the "
+                f"corpus has {tokenizer.vocab_size} distinct characters; raise it or leave it out"
+            )
+        return tokenizer
+    if settings.tokenizer == "bpe":
+        sample = _first_bytes(_all_chunks(corpus), settings.bpe_sample_mb * 10**6)
+        sample_total = min(corpus.total_bytes or 0, settings.bpe_sample_mb * 10**6) or None
+        return train_bpe_tokenizer(
+            _progress(sample, "BPE training", sample_total),
+            settings.vocab_size or DEFAULT_BPE_VOCAB,
+        )
+    path = Path(settings.tokenizer)
+    return load_tokenizer(path / "tokenizer.json" if path.is_dir() else path)
+
+
+def _all_chunks(corpus: Corpus) -> Iterator[str]:
+    for document in corpus.documents():
+        yield from document.chunks()
+
+
+def _first_bytes(chunks: Iterable[str], limit: int) -> Iterator[str]:
+    taken = 0
+    for chunk in chunks:
+        if taken >= limit:
+            return
+        yield chunk
+        taken += utf8_length(chunk)
+
+
+def _progress(chunks: Iterable[str], description: str, total: int | None) -> Iterator[str]:
+    """Pass ``chunks`` through, showing the bytes done on a progress bar on stderr."""
+    with tqdm(total=total, desc=description, unit="B", unit_scale=True) as bar:
+        for chunk in chunks:
+            yield chunk
+            bar.update(utf8_length(chunk))
+
+
+def write_token_files(
+    corpus: Corpus, tokenizer: Tokenizer, dtype: str, settings: Settings, folder: Path
+) -> dict[str, dict[str, int]]:
+    """The second pass: encode every piece and append its ids to ``folder/{train,val}.bin``."""
+    tokens = dict.fromkeys(SPLITS, 0)
+    documents = dict.fromkeys(SPLITS, 0)
+    pieces = split_pieces(corpus.documents(), settings.val_fraction, settings.seed)
+    with ExitStack() as stack:
+        files = {
+            split: stack.enter_context(open(folder / f"{split}.bin", "wb")) for split in SPLITS
+        }
+        bar = stack.enter_context(
+            tqdm(total=corpus.total_bytes, desc="encoding", unit="B", unit_scale=True)
+        )
+        for batch, encoded in _encode_ahead(_batches(pieces, BATCH_CHARS), tokenizer, dtype):
+            for split, ids in encoded.items():
+                ids.tofile(files[split])
+                tokens[split] += len(ids)
+            for piece in batch:
+                documents[piece.split] += piece.ends_document
+            bar.update(sum(utf8_length(piece.text) for piece in batch))
+    for split in SPLITS:
+        if tokens[split] == 0:
+            raise UserError(
+                f"the {split} split came out empty: the corpus is too small to hold out "
+                f"--val-fraction {settings.val_fraction} of it; give it more text"
+            )
+    return {"tokens": tokens, "documents": documents}
+
+
+def _batches(pieces: Iterable[Piece], max_chars: int) -> Iterator[list[Piece]]:
+    batch: list[Piece] = []
+    chars = 0
+    for piece in pieces:
+        batch.append(piece)
+        chars += len(piece.text)
+        if chars >= max_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _encode_ahead(
+    batches: Iterable[list[Piece]], tokenizer: Tokenizer, dtype: str
+) -> Iterator[tuple[list[Piece], dict[str, np.ndarray]]]:
+    """Each batch with its ids, encoded in a worker thread while the next batch is read.
+
+    ``encode_batch_fast`` releases the GIL, so reading, cutting and writing overlap with encoding.
+    """
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        previous = None
+        for batch in batches:
+            current = batch, worker.submit(_encode, batch, tokenizer, dtype)
+            if previous is not None:
+                yield previous[0], previous[1].result()
+            previous = current
+        if previous is not None:
+            yield previous[0], previous[1].result()
+
+
+def _encode(batch: list[Piece], tokenizer: Tokenizer, dtype: str) -> dict[str, np.ndarray]:
+    """The ids of each split's pieces, in order, with end-of-text after each document's last."""
+    try:
+        encoded = tokenizer.encode_batch([piece.text for piece in batch])
+    except UserError as error:  # characters the char tokenizer lacks: say where they are
+        document = next(piece.document for piece in batch if tokenizer.unknown_chars(piece.text))
+        raise UserError(f"{document}: {error}") from None
+    parts: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+    end_of_text = np.array([] if tokenizer.eot_id is None else [tokenizer.eot_id], dtype=dtype)
+    for piece, ids in zip(batch, encoded, strict=True):
+        parts[piece.split].append(np.array(ids, dtype=dtype))
+        if piece.ends_document:
+            parts[piece.split].append(end_of_text)
+    return {split: np.concatenate(arrays) for split, arrays in parts.items() if arrays}
+
+
+def content_hash(paths: list[Path]) -> str:
+    """SHA-256 of the files' bytes, one after the other."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as file:
+            while block := file.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Refuse to replace anything but an earlier data_prep folder, and that only if asked."""
+    if not out.exists():
+        return
+    if not overwrite:
+        raise UserError(f"output folder {out} already exists; pass --overwrite to replace it")
+    if not out.is_dir() or (not (out / "meta.json").is_file() and any(out.iterdir())):
+        raise UserError(
+            f"--out {out} exists and is not a data_prep folder (no meta.json); "
+            "--overwrite only replaces those: choose another --out"
+        )
+
+
+@contextmanager
+def staging_folder(out: Path) -> Iterator[Path]:
+    """A fresh sibling folder ``OUT.tmp-<pid>`` to write into; removed if anything fails."""
+    staging = _sibling(out, "tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # a no-op once published
+
+
+def publish(staging: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished folder to ``out``; an old ``out`` is removed only after that."""
+    check_output_folder(out, overwrite)  # again: something may have appeared meanwhile
+    if not out.exists():
+        staging.rename(out)
+        return
+    old = _sibling(out, "old")
+    out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old)
+
+
+def _sibling(out: Path, label: str) -> Path:
+    """``OUT.label-<pid>``: a name beside ``out`` that no other run and no trainer will use."""
+    out = out.absolute()
+    return out.with_name(f"{out.name}.{label}-{os.getpid()}")
+
+
+def describe(meta: dict[str, Any], out: Path) -> str:
+    """A one-line summary of a prepared folder, for the terminal."""
+    tokens = meta["tokens"]
+    return (
+        f"wrote {out}: {meta['tokenizer']} tokenizer with {meta['vocab_size']} tokens, "
+        f"{tokens['train']:,} train and {tokens['val']:,} val tokens ({meta['dtype']})"
+    )

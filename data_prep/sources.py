@@ -1,0 +1,246 @@
+"""Where the text comes from: files, folders and globs, or a Hugging Face dataset.
+
+A corpus is a sequence of *documents* (a file, or a dataset row), and a document is read as a stream
+of *chunks* of about ``CHUNK_CHARS`` characters, so that a file larger than memory never has to be
+held whole. Chunks end at a *safe cut*: a line break with non-space text on both sides. There the
+byte-level BPE pre-tokenizer (GPT-2's regex) always ends a pre-token, so encoding the chunks one by
+one gives exactly the tokens that encoding the whole document would; for the char tokenizer every
+cut is safe. Text without such a line break for ``4 * CHUNK_CHARS`` characters is cut anyway: it
+still round-trips exactly, only the BPE tokens at that cut may differ.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from gpt.errors import UserError
+
+CHUNK_CHARS = 1 << 16  # a chunk: about 64 kB of text
+READ_BYTES = 1 << 16  # how much of a file is read at a time
+_SAFE_CUT = re.compile(r"\S\n(?=\S)")  # a chunk may end just after this line break
+_GLOB_CHARACTERS = "*?["
+
+
+def utf8_length(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def cut_into_chunks(pieces: Iterable[str], size: int = CHUNK_CHARS) -> Iterator[str]:
+    """Re-cut a stream of text pieces into chunks of about ``size`` characters, at safe cuts."""
+    buffer = ""
+    for piece in pieces:
+        buffer += piece
+        while (end := _chunk_end(buffer, size)) is not None:
+            yield buffer[:end]
+            buffer = buffer[end:]
+    if buffer:
+        yield buffer
+
+
+def _chunk_end(buffer: str, size: int) -> int | None:
+    """Where the next chunk of ``buffer`` ends, or None to wait for more text.
+
+    The last safe cut in the second half of the first ``size`` characters, else the first one after
+    them, else (once ``buffer`` holds ``4 * size`` characters without one) simply ``size``.
+    """
+    if len(buffer) <= size:
+        return None
+    newline = buffer.rfind("\n", size // 2, size)
+    while newline != -1:
+        if not buffer[newline - 1].isspace() and not buffer[newline + 1].isspace():
+            return newline + 1
+        newline = buffer.rfind("\n", size // 2, newline)
+    match = _SAFE_CUT.search(buffer, size)
+    if match is not None:
+        return match.end()
+    return size if len(buffer) >= 4 * size else None
+
+
+@dataclass(frozen=True)
+class FileDocument:
+    """A UTF-8 text file, read in blocks, so its size is not limited by memory."""
+
+    path: Path
+    size: int  # in bytes
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def chunks(self) -> Iterator[str]:
+        return cut_into_chunks(self._decoded_blocks())
+
+    def _decoded_blocks(self) -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        offset = 0  # of the block about to be read
+        with open(self.path, "rb") as file:
+            while block := file.read(READ_BYTES):
+                yield self._decode(decoder, block, offset, final=False)
+                offset += len(block)
+            yield self._decode(decoder, b"", offset, final=True)
+
+    def _decode(
+        self, decoder: codecs.IncrementalDecoder, block: bytes, offset: int, final: bool
+    ) -> str:
+        held_back = len(decoder.getstate()[0])  # the start of a character cut by the last block
+        try:
+            return decoder.decode(block, final)
+        except UnicodeDecodeError as error:
+            position = offset - held_back + error.start
+            raise UserError(
+                f"{self.path} is not UTF-8 text: byte 0x{error.object[error.start]:02x} at byte "
+                f"offset {position} ({error.reason}); convert the file to UTF-8 or leave it out"
+            ) from None
+
+
+@dataclass(frozen=True)
+class TextDocument:
+    """A text that is already in memory: one row of a dataset."""
+
+    name: str
+    text: str
+
+    @cached_property
+    def size(self) -> int:  # in bytes, like FileDocument's
+        return utf8_length(self.text)
+
+    def chunks(self) -> Iterator[str]:
+        text = self.text
+        return cut_into_chunks(text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS))
+
+
+Document = FileDocument | TextDocument
+
+
+class FileCorpus:
+    """The files named by ``--input``: one document each, in order, empty files skipped."""
+
+    def __init__(self, inputs: list[str]):
+        self.paths = find_input_files(inputs)
+        self.sources: list[Any] = [str(path) for path in self.paths]
+        self.files = [FileDocument(path, path.stat().st_size) for path in self.paths]
+        self.total_bytes: int | None = sum(file.size for file in self.files)
+
+    def documents(self) -> Iterator[Document]:
+        return (file for file in self.files if file.size > 0)
+
+
+def find_input_files(inputs: list[str]) -> list[Path]:
+    """Files, folders (every file below, hidden ones skipped) and globs; in order, each once."""
+    found: dict[Path, Path] = {}  # resolved path -> path as the user wrote it
+    for entry in inputs:
+        for path in _expand_input(entry):
+            found.setdefault(path.resolve(), path)
+    return list(found.values())
+
+
+def _expand_input(entry: str) -> list[Path]:
+    path = Path(entry)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = _files_below(path)
+        if not files:
+            raise UserError(f"--input folder {entry} holds no files; put text files in it")
+        return files
+    if any(character in entry for character in _GLOB_CHARACTERS):
+        files = []
+        for match in sorted(glob.glob(entry, recursive=True)):
+            files.extend(_files_below(Path(match)) if Path(match).is_dir() else [Path(match)])
+        if not files:
+            raise UserError(f"--input pattern {entry!r} matches no files; check the pattern")
+        return files
+    raise UserError(f"--input {entry} does not exist; check the path")
+
+
+def _files_below(folder: Path) -> list[Path]:
+    """Every file below ``folder``, sorted, leaving out hidden files and folders (like .git)."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
+class DatasetCorpus:
+    """A Hugging Face dataset (from the Hub, or a local builder such as json or parquet).
+
+    Every row's ``text_column`` is one document; empty and null values are skipped.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: str | None,
+        split: str,
+        data_files: list[str] | None,
+        text_column: str,
+        streaming: bool,
+    ):
+        self.name = name
+        self.text_column = text_column
+        self.dataset = _load_dataset(name, config, split, data_files, streaming)
+        _check_column(self.dataset, name, text_column)
+        self.dataset = self.dataset.select_columns([text_column])
+        self.sources: list[Any] = [
+            {"hf_dataset": name, "config": config, "split": split, "data_files": data_files}
+        ]
+        self.total_bytes: int | None = None
+
+    def documents(self) -> Iterator[Document]:
+        row = 0
+        for batch in self.dataset.iter(batch_size=1000):
+            for text in batch[self.text_column]:
+                if text is not None and not isinstance(text, str):
+                    raise UserError(
+                        f"column {self.text_column!r} of {self.name} holds {type(text).__name__} "
+                        f"values, not text (row {row}); choose a text column with --text-column"
+                    )
+                if text:
+                    yield TextDocument(f"{self.name} row {row}", text)
+                row += 1
+
+
+def _load_dataset(
+    name: str, config: str | None, split: str, data_files: list[str] | None, streaming: bool
+) -> Any:
+    import datasets  # slow to import; only needed here
+
+    for pattern in data_files or []:
+        if not glob.glob(pattern, recursive=True):
+            raise UserError(f"--hf-data-files {pattern} does not exist; check the path")
+    try:
+        return datasets.load_dataset(
+            name, config, split=split, data_files=data_files, streaming=streaming
+        )
+    except ConnectionError as error:
+        raise UserError(
+            f"dataset {name!r} is not in the local cache and the Hub cannot be reached "
+            f"({_one_line(error)}); download it once while online (with HF_DATASETS_OFFLINE=1 the "
+            "cache is used without asking the Hub), or give local files with --hf-data-files"
+        ) from None
+    except (FileNotFoundError, ValueError) as error:  # unknown dataset, config, split or format
+        raise UserError(f"cannot load dataset {name!r}: {_one_line(error)}") from None
+
+
+def _check_column(dataset: Any, name: str, text_column: str) -> None:
+    columns = dataset.column_names
+    if columns is None:  # a stream whose features are unknown until the first row is read
+        columns = list(next(iter(dataset), {}).keys())
+    if text_column not in columns:
+        raise UserError(
+            f"dataset {name!r} has no column {text_column!r}; its columns are "
+            f"{', '.join(columns) or 'none'}: choose one with --text-column"
+        )
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())

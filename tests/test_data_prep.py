@@ -1,0 +1,479 @@
+"""data_prep: inputs, tokenizers, the held-out split, determinism, and every bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_prep.__main__ import build_parser, main, run
+from data_prep.sources import FileDocument, cut_into_chunks
+from gpt.cli import run_cli
+from gpt.tokenizer import END_OF_TEXT, load_tokenizer
+from tests.conftest import CORPUS, run_python
+
+TRICKY = (
+    "Emoji 😀 and a family 👨‍👩‍👧, flags 🇫🇷!\r\n"
+    "Combining: e\u0301 a\u0308 n\u0303, Hangul 한국어, CJK 漢字, Arabic مرحبا\r\n"
+    "\n\n\n"
+    "Tabs\tand  double spaces, a NUL \x00 and a BOM \ufeff mid-text\n"
+    "\r\n"
+    "   leading spaces, trailing spaces   \n"
+    "the end, without a final newline"
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path_factory):
+    """data_prep sets the thread-pool variables and datasets caches: keep both out of the way."""
+    monkeypatch.setenv("RAYON_NUM_THREADS", "2")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(
+        datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf-cache"))
+    )
+
+
+def prepare(*argv: str | Path) -> int:
+    return run_cli(run, [str(arg) for arg in argv])
+
+
+def meta_of(out: Path) -> dict:
+    return json.loads((out / "meta.json").read_text(encoding="utf-8"))
+
+
+def ids_of(out: Path, split: str) -> np.ndarray:
+    return np.fromfile(out / f"{split}.bin", dtype=meta_of(out)["dtype"])
+
+
+def documents_of(out: Path, split: str) -> list[str]:
+    """The split's documents, decoded: its ids cut at every end-of-text token."""
+    tokenizer = load_tokenizer(out / "tokenizer.json")
+    ids = ids_of(out, split).tolist()
+    assert ids and ids[-1] == tokenizer.eot_id
+    documents, start = [], 0
+    for position, token in enumerate(ids):
+        if token == tokenizer.eot_id:
+            documents.append(tokenizer.decode(ids[start:position]))
+            start = position + 1
+    return documents
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode("utf-8"))  # bytes, so "\r\n" stays as written
+    return path
+
+
+def error_line(capsys) -> str:
+    stderr = capsys.readouterr().err
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+# --- tokenizers and round-trips ------------------------------------------------------------------
+
+
+def test_char_round_trips_tricky_text(tmp_path):
+    source = write(tmp_path / "tricky.txt", TRICKY * 3)
+    out = tmp_path / "out"
+    assert prepare("--input", source, "--tokenizer", "char", "--out", out) == 0
+    meta = meta_of(out)
+    tokenizer = load_tokenizer(out / "tokenizer.json")
+    assert meta["tokenizer"] == "char" and meta["eot_id"] is None
+    assert meta["vocab_size"] == len(set(TRICKY)) == tokenizer.vocab_size
+    vocab = tokenizer.hf.get_vocab()
+    assert sorted(vocab, key=vocab.get) == sorted(vocab)  # ids follow the sorted characters
+    train, val = ids_of(out, "train"), ids_of(out, "val")
+    assert tokenizer.decode(train.tolist()) + tokenizer.decode(val.tolist()) == TRICKY * 3
+    assert meta["tokens"] == {"train": len(train), "val": len(val)}
+
+
+def test_bpe_round_trips_tricky_text(tmp_path):
+    source = write(tmp_path / "tricky.txt", TRICKY * 3)
+    out = tmp_path / "out"
+    assert prepare("--input", source, "--tokenizer", "bpe", "--vocab-size", 300, "--out", out) == 0
+    meta = meta_of(out)
+    assert meta["tokenizer"] == "bpe" and meta["vocab_size"] == 300 and meta["dtype"] == "uint16"
+    assert load_tokenizer(out / "tokenizer.json").hf.id_to_token(meta["eot_id"]) == END_OF_TEXT
+    (train,), (val,) = documents_of(out, "train"), documents_of(out, "val")
+    assert train + val == TRICKY * 3
+
+
+def test_chunks_rejoin_exactly_and_keep_bpe_tokens(tmp_path):
+    text = CORPUS.read_text(encoding="utf-8")[:200_000]
+    chunks = list(cut_into_chunks([text[i : i + 7_000] for i in range(0, len(text), 7_000)], 5_000))
+    assert "".join(chunks) == text and len(chunks) > 30
+    assert all(len(chunk) <= 5_000 and chunk.endswith("\n") for chunk in chunks[:-1])
+    out = tmp_path / "out"
+    assert prepare("--input", CORPUS, "--tokenizer", "bpe", "--vocab-size", 400, "--out", out) == 0
+    tokenizer = load_tokenizer(out / "tokenizer.json")
+    whole = tokenizer.encode(text)
+    assert [token for ids in tokenizer.encode_batch(chunks) for token in ids] == whole
+
+
+def test_large_file_is_read_in_blocks_with_characters_across_block_edges(tmp_path):
+    text = "é😀a\n" * 40_000  # 320 kB: blocks of 64 kB cut through multi-byte characters
+    source = write(tmp_path / "big.txt", text)
+    assert "".join(FileDocument(source, source.stat().st_size).chunks()) == text
+    out = tmp_path / "out"
+    assert prepare("--input", source, "--out", out) == 0
+    tokenizer = load_tokenizer(out / "tokenizer.json")
+    assert tokenizer.decode(ids_of(out, "train").tolist() + ids_of(out, "val").tolist()) == text
+
+
+def test_existing_tokenizer_is_reused(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert (
+        prepare("--input", CORPUS, "--tokenizer", "bpe", "--vocab-size", 500, "--out", first) == 0
+    )
+    new_text = write(tmp_path / "new.txt", "To be, or not to be 😀\nthat is the question.\n" * 20)
+    assert prepare("--input", new_text, "--tokenizer", first, "--out", second) == 0  # its folder
+    assert (second / "tokenizer.json").read_bytes() == (first / "tokenizer.json").read_bytes()
+    assert meta_of(second)["vocab_size"] == 500
+    assert (
+        "".join(documents_of(second, "train") + documents_of(second, "val")) == new_text.read_text()
+    )
+
+
+def test_char_tokenizer_reuse_names_the_file_with_unknown_characters(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert prepare("--input", write(tmp_path / "a.txt", "abc\nabc\n"), "--out", first) == 0
+    other = write(tmp_path / "other.txt", "abcz\n")
+    assert (
+        prepare("--input", other, "--tokenizer", first / "tokenizer.json", "--out", tmp_path / "x")
+        == 2
+    )
+    message = error_line(capsys)
+    assert "other.txt" in message and "'z'" in message
+    assert not (tmp_path / "x").exists()
+
+
+def test_bundled_shakespeare_with_char_tokenizer(shakespeare_char):
+    meta = meta_of(shakespeare_char)
+    text = CORPUS.read_text(encoding="utf-8")
+    assert meta["tokenizer"] == "char" and meta["vocab_size"] == 65
+    assert meta["tokens"]["train"] + meta["tokens"]["val"] == len(text)
+    tokenizer = load_tokenizer(shakespeare_char / "tokenizer.json")
+    val_text = tokenizer.decode(ids_of(shakespeare_char, "val").tolist())
+    assert text.endswith(val_text) and 0.09 < len(val_text) / len(text) < 0.11
+    assert np.memmap(shakespeare_char / "train.bin", dtype=meta["dtype"], mode="r").size > 900_000
+
+
+def test_bundled_shakespeare_with_bpe_tokenizer(tmp_path):
+    out = tmp_path / "bpe"
+    assert prepare("--input", CORPUS, "--tokenizer", "bpe", "--vocab-size", 2048, "--out", out) == 0
+    meta = meta_of(out)
+    assert meta["vocab_size"] == 2048 and meta["documents"] == {"train": 1, "val": 1}
+    assert "".join(documents_of(out, "train") + documents_of(out, "val")) == CORPUS.read_text()
+    assert meta["tokens"]["train"] + meta["tokens"]["val"] < 0.5 * CORPUS.stat().st_size
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+
+def make_folder(root: Path) -> dict[str, str]:
+    texts = {
+        f"part{i}/doc{j}.txt": f"Document {i}.{j}\nwith its own text ✓\n"
+        for i in range(3)
+        for j in range(4)
+    }
+    for name, text in texts.items():
+        write(root / name, text)
+    write(root / ".git" / "config", "hidden, skipped")
+    write(root / ".hidden.txt", "hidden, skipped")
+    (root / "part0" / "empty.txt").write_text("")
+    return texts
+
+
+def test_folder_of_files(tmp_path):
+    texts = make_folder(tmp_path / "corpus")
+    out = tmp_path / "out"
+    assert (
+        prepare(
+            "--input", tmp_path / "corpus", "--tokenizer", "bpe", "--vocab-size", 300, "--out", out
+        )
+        == 0
+    )
+    meta = meta_of(out)
+    assert len(meta["sources"]) == len(texts) + 1  # the empty file is listed, and skipped
+    assert all(".git" not in source and "hidden" not in source for source in meta["sources"])
+    train, val = documents_of(out, "train"), documents_of(out, "val")
+    assert train and val and sorted(train + val) == sorted(texts.values())
+    assert meta["documents"] == {"train": len(train), "val": len(val)}
+
+
+def test_glob_input(tmp_path):
+    texts = make_folder(tmp_path / "corpus")
+    out = tmp_path / "out"
+    assert prepare("--input", f"{tmp_path}/corpus/**/doc1.txt", "--out", out) == 0
+    assert meta_of(out)["sources"] == [str(tmp_path / f"corpus/part{i}/doc1.txt") for i in range(3)]
+    tokenizer = load_tokenizer(out / "tokenizer.json")
+    all_ids = ids_of(out, "train").tolist() + ids_of(out, "val").tolist()
+    assert sorted(tokenizer.decode(all_ids)) == sorted(
+        "".join(texts[f"part{i}/doc1.txt"] for i in range(3))
+    )
+
+
+ROWS = [f"row {i}: café ☕ {'x' * (i % 7)}\nsecond line" for i in range(40)]
+
+
+def test_jsonl_through_datasets(tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps({"id": i, "body": text}) for i, text in enumerate(ROWS)))
+    out = tmp_path / "out"
+    argv = ["--hf-dataset", "json", "--hf-data-files", data, "--text-column", "body"]
+    assert prepare(*argv, "--tokenizer", "bpe", "--vocab-size", 300, "--out", out) == 0
+    train, val = documents_of(out, "train"), documents_of(out, "val")
+    assert sorted(train + val) == sorted(ROWS) and 1 <= len(val) < 15
+    assert meta_of(out)["sources"][0]["hf_dataset"] == "json"
+
+
+def test_json_array_and_streaming_give_the_same_bytes(tmp_path):
+    data = tmp_path / "rows.json"
+    data.write_text(json.dumps([{"text": text} for text in ROWS]))
+    plain, streamed = tmp_path / "plain", tmp_path / "streamed"
+    argv = [
+        "--hf-dataset",
+        "json",
+        "--hf-data-files",
+        data,
+        "--tokenizer",
+        "bpe",
+        "--vocab-size",
+        300,
+    ]
+    assert prepare(*argv, "--out", plain) == 0
+    assert prepare(*argv, "--streaming", "--out", streamed) == 0
+    for name in ("tokenizer.json", "train.bin", "val.bin"):
+        assert (plain / name).read_bytes() == (streamed / name).read_bytes()
+    assert sorted(documents_of(streamed, "train") + documents_of(streamed, "val")) == sorted(ROWS)
+
+
+def test_parquet_through_datasets(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"text": ROWS + [None, ""], "n": list(range(42))}), data)
+    out = tmp_path / "out"
+    argv = ["--hf-dataset", "parquet", "--hf-data-files", data, "--tokenizer", "bpe"]
+    assert prepare(*argv, "--vocab-size", 300, "--out", out) == 0
+    meta = meta_of(out)
+    assert meta["documents"]["train"] + meta["documents"]["val"] == len(ROWS)  # null, "" skipped
+    assert sorted(documents_of(out, "train") + documents_of(out, "val")) == sorted(ROWS)
+
+
+# --- the held-out split and determinism -----------------------------------------------------------
+
+
+def test_held_out_documents_depend_on_seed_only(tmp_path):
+    corpus = tmp_path / "corpus"
+    for i in range(200):
+        write(corpus / f"{i:03d}.txt", f"document number {i}\n")
+    outs = {}
+    for name, seed in [("a", 1), ("b", 1), ("c", 2)]:
+        outs[name] = tmp_path / name
+        assert (
+            prepare(
+                "--input",
+                corpus,
+                "--tokenizer",
+                "bpe",
+                "--vocab-size",
+                300,
+                "--seed",
+                seed,
+                "--out",
+                outs[name],
+            )
+            == 0
+        )
+    held_out = {name: sorted(documents_of(out, "val")) for name, out in outs.items()}
+    assert held_out["a"] == held_out["b"] != held_out["c"]
+    assert 5 <= len(held_out["a"]) <= 40  # about --val-fraction 0.1 of 200 documents
+
+
+@pytest.mark.parametrize("val_fraction", ["0.01", "0.99"])
+def test_two_documents_fill_both_splits(tmp_path, val_fraction):
+    one, two = write(tmp_path / "one.txt", "first\n"), write(tmp_path / "two.txt", "second\n")
+    out = tmp_path / "out"
+    argv = [
+        "--input",
+        one,
+        two,
+        "--tokenizer",
+        "bpe",
+        "--vocab-size",
+        300,
+        "--val-fraction",
+        val_fraction,
+    ]
+    assert prepare(*argv, "--out", out) == 0
+    assert sorted(documents_of(out, "train") + documents_of(out, "val")) == ["first\n", "second\n"]
+    assert meta_of(out)["documents"] == {"train": 1, "val": 1}
+
+
+def test_single_document_holds_out_its_tail(tmp_path):
+    text = "".join(f"line {i}\n" for i in range(1000))
+    out = tmp_path / "out"
+    assert (
+        prepare(
+            "--input", write(tmp_path / "one.txt", text), "--val-fraction", "0.25", "--out", out
+        )
+        == 0
+    )
+    tokenizer = load_tokenizer(out / "tokenizer.json")
+    train, val = (tokenizer.decode(ids_of(out, split).tolist()) for split in ("train", "val"))
+    assert train + val == text and val.startswith("line ") and train.endswith("\n")
+    assert abs(len(val) / len(text) - 0.25) < 0.01
+
+
+def test_single_row_dataset_holds_out_its_tail(tmp_path):
+    text = "".join(f"line {i}: ✓\n" for i in range(500))
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps({"text": text}) + "\n")
+    out = tmp_path / "out"
+    argv = ["--hf-dataset", "json", "--hf-data-files", data, "--tokenizer", "bpe"]
+    assert prepare(*argv, "--vocab-size", 300, "--out", out) == 0
+    (train,), (val,) = documents_of(out, "train"), documents_of(out, "val")
+    assert train + val == text and val.startswith("line ")
+    assert abs(len(val.encode()) / len(text.encode()) - 0.1) < 0.01
+
+
+def test_same_input_same_output_bytes(tmp_path):
+    make_folder(tmp_path / "corpus")
+    first, second = tmp_path / "first", tmp_path / "second"
+    for out in (first, second):
+        assert (
+            prepare(
+                "--input",
+                tmp_path / "corpus",
+                "--tokenizer",
+                "bpe",
+                "--vocab-size",
+                320,
+                "--out",
+                out,
+            )
+            == 0
+        )
+    for name in ("tokenizer.json", "train.bin", "val.bin", "meta.json"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert len(meta_of(first)["content_hash"]) == 64
+
+
+# --- the output folder ----------------------------------------------------------------------------
+
+
+def test_existing_output_needs_overwrite(tmp_path, capsys):
+    source, out = write(tmp_path / "a.txt", "hello\nworld\n"), tmp_path / "out"
+    assert prepare("--input", source, "--out", out) == 0
+    before = meta_of(out)
+    assert prepare("--input", write(tmp_path / "b.txt", "other\ntext\n"), "--out", out) == 2
+    assert "already exists" in error_line(capsys) and meta_of(out) == before
+    assert prepare("--input", tmp_path / "b.txt", "--out", out, "--overwrite") == 0
+    assert meta_of(out)["sources"] == [str(tmp_path / "b.txt")]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.txt", "b.txt", "out"]
+
+
+def test_overwrite_refuses_a_folder_that_data_prep_did_not_write(tmp_path, capsys):
+    precious = write(tmp_path / "home" / "thesis.tex", "years of work")
+    assert prepare("--input", CORPUS, "--out", tmp_path / "home", "--overwrite") == 2
+    assert "not a data_prep folder" in error_line(capsys) and precious.exists()
+
+
+def test_failed_run_leaves_no_folder_and_keeps_the_old_one(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert prepare("--input", write(tmp_path / "good.txt", "fine text\nhere\n"), "--out", out) == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine text\n" * 10 + b"\xff")  # fails while encoding, after the tokenizer
+    assert (
+        prepare("--input", bad, "--tokenizer", out / "tokenizer.json", "--out", out, "--overwrite")
+        == 2
+    )
+    assert "bad.txt" in error_line(capsys)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.txt", "good.txt", "out"]
+
+
+# --- bad input: one line, exit code 2 -------------------------------------------------------------
+
+
+def test_not_utf8_names_the_file_and_byte_offset(tmp_path, capsys):
+    bad = tmp_path / "latin1.txt"
+    prefix = ("é" * 40_000 + "\n").encode()  # 80,001 bytes: past the first 64 kB block
+    bad.write_bytes(prefix + "café".encode("latin-1"))
+    assert prepare("--input", bad, "--out", tmp_path / "out") == 2
+    message = error_line(capsys)
+    assert str(bad) in message and f"byte offset {len(prefix) + 3}" in message and "0xe9" in message
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--input", "no/such/file.txt"], "does not exist"),
+        (["--input", "no/such/*.txt"], "matches no files"),
+        (["--input", "{empty}"], "corpus is empty"),
+        (["--input", "{empty_folder}"], "holds no files"),
+        (["--input", CORPUS, "--tokenizer", "bpe", "--vocab-size", "100"], "257"),
+        (["--input", CORPUS, "--tokenizer", "bpe", "--vocab-size", str(2**32)], "uint32"),
+        (["--input", CORPUS, "--tokenizer", "char", "--vocab-size", "20"], "65 distinct"),
+        (["--input", CORPUS, "--tokenizer", "char", "--vocab-size", "0"], "char tokenizer"),
+        (["--input", CORPUS, "--tokenizer", "no/tokenizer.json"], "does not exist"),
+        (["--input", CORPUS, "--val-fraction", "1"], "between 0 and 1"),
+        (["--input", CORPUS, "--streaming"], "only apply to --hf-dataset"),
+        (["--input", CORPUS, "--num-proc", "0"], "at least 1"),
+        (["--input", CORPUS, "--vocab-size", "many"], "invalid int value"),
+        (["--tokenizer", "char"], "--input --hf-dataset"),
+        (["--hf-dataset", "someone/not-cached-anywhere"], "HF_DATASETS_OFFLINE"),
+        (["--hf-dataset", "json", "--hf-data-files", "no/such.jsonl"], "does not exist"),
+        (
+            ["--hf-dataset", "json", "--hf-data-files", "{jsonl}", "--text-column", "body"],
+            "no column 'body'",
+        ),
+        (
+            ["--hf-dataset", "json", "--hf-data-files", "{jsonl}", "--hf-split", "test"],
+            "Unknown split",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, expected):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "empty_folder").mkdir()
+    (tmp_path / "rows.jsonl").write_text('{"text": "hello"}\n')
+    names = {
+        "{empty}": tmp_path / "empty.txt",
+        "{empty_folder}": tmp_path / "empty_folder",
+        "{jsonl}": tmp_path / "rows.jsonl",
+    }
+    argv = [names.get(str(arg), arg) for arg in argv]
+    out = tmp_path / "out"
+    assert prepare(*argv, "--out", out) == 2
+    assert expected in error_line(capsys)
+    assert not out.exists()
+
+
+def test_help_documents_every_flag():
+    parser = build_parser()
+    help_text = parser.format_help()
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    assert len(flags) >= 17
+    assert all(flag in help_text for flag in flags)
+    assert all(action.help for action in parser._actions)
+
+
+def test_command_line_entry_point(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--input", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    result = run_python("-m", "data_prep", "--input", str(tmp_path / "missing.txt"), "--out", "x")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: --input {tmp_path / 'missing.txt'} does not exist; check the path"
+    ]
