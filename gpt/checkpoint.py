@@ -5,8 +5,8 @@ Two kinds of file live in a training output folder (``train.out_dir``):
 * ``model.safetensors``: the best weights, with the model config in the safetensors metadata, so
   :func:`load_model` can rebuild the model from the file alone.
 * ``checkpoints/step_XXXXXXX/``: the full state that :mod:`accelerate` saves (model, optimizer,
-  scheduler, gradient scaler, RNG states) plus ``trainer_state.json`` (step, best val loss, the model
-  config, ...). A checkpoint is written under a hidden temporary name and renamed when complete, so a
+  gradient scaler, RNG states) plus ``trainer_state.json`` (step, best val loss, the model config,
+  ...). The learning-rate schedule is a pure function of the step, so the step is its whole state. A checkpoint is written under a hidden temporary name and renamed when complete, so a
   kill at any instant leaves the previous checkpoint intact and never a half-written one that looks
   complete.
 
@@ -67,7 +67,9 @@ def load_model(path: str | Path, config: ModelConfig | None = None) -> LanguageM
     return model
 
 
-def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[LanguageModel, Tokenizer]:
+def load_trained(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[LanguageModel, Tokenizer]:
     """The model and tokenizer of a training output folder (best weights) or of one checkpoint."""
     path = Path(path)
     if (path / TRAINER_STATE_FILE).is_file():  # a checkpoint inside OUT_DIR/checkpoints/

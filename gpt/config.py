@@ -34,7 +34,9 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     arch: Literal["gpt", "mlp", "cnn"] = Field("gpt", description="gpt | mlp | cnn")
-    n_layer: PositiveInt = Field(6, description="transformer blocks / MLP hidden layers / conv layers")
+    n_layer: PositiveInt = Field(
+        6, description="transformer blocks / MLP hidden layers / conv layers"
+    )
     n_head: PositiveInt = Field(6, description="attention heads (gpt)")
     n_embd: PositiveInt = Field(384, description="embedding width (channels for cnn)")
     block_size: PositiveInt = Field(256, description="context length in tokens")
@@ -73,23 +75,33 @@ class WandbConfig(Section):
 class TrainConfig(Section):
     out_dir: str = Field("out/run", description="where config, metrics, weights and checkpoints go")
     batch_size: PositiveInt = Field(32, description="sequences per process per micro-step")
-    gradient_accumulation_steps: PositiveInt = Field(1, description="micro-steps per optimizer step")
+    gradient_accumulation_steps: PositiveInt = Field(
+        1, description="micro-steps per optimizer step"
+    )
     max_iters: PositiveInt = Field(5000, description="optimizer steps")
     learning_rate: float = Field(1e-3, gt=0.0, description="peak learning rate")
     min_lr: float = Field(1e-4, ge=0.0, description="learning rate at the end of the decay")
     warmup_iters: int = Field(100, ge=0, description="steps of linear warmup from 0")
-    lr_decay_iters: PositiveInt | None = Field(None, description="end of the decay (None: max_iters)")
-    lr_schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay shape")
+    lr_decay_iters: PositiveInt | None = Field(
+        None, description="end of the decay (None: max_iters)"
+    )
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="decay shape"
+    )
     weight_decay: float = Field(0.1, ge=0.0, description="AdamW decoupled weight decay")
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1")
     beta2: float = Field(0.99, ge=0.0, lt=1.0, description="AdamW beta2")
     grad_clip: float = Field(1.0, ge=0.0, description="max global gradient norm (0: off)")
     eval_interval: PositiveInt = Field(250, description="steps between evaluations")
     eval_iters: PositiveInt = Field(20, description="batches per split per evaluation")
-    log_interval: PositiveInt = Field(10, description="steps between train records in metrics.jsonl")
+    log_interval: PositiveInt = Field(
+        10, description="steps between train records in metrics.jsonl"
+    )
     checkpoint_interval: PositiveInt = Field(500, description="steps between resumable checkpoints")
     keep_checkpoints: PositiveInt = Field(3, description="how many recent checkpoints to keep")
-    early_stopping_patience: int = Field(0, ge=0, description="evaluations without progress (0: off)")
+    early_stopping_patience: int = Field(
+        0, ge=0, description="evaluations without progress (0: off)"
+    )
     seed: int = Field(1337, ge=0, description="seeds weights, dropout and the sample order")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="no | bf16 | fp16")
     compile: bool = Field(False, description="torch.compile the model")
@@ -143,7 +155,9 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise UserError(f"config file {path} does not exist; pass a YAML file such as configs/*.yaml")
+        raise UserError(
+            f"config file {path} does not exist; pass a YAML file such as configs/*.yaml"
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
@@ -153,7 +167,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise UserError(f"config file {path} must hold a mapping with data, model and train sections")
+        raise UserError(
+            f"config file {path} must hold a mapping with data, model and train sections"
+        )
     return raw
 
 

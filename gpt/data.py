@@ -53,7 +53,9 @@ class TokenStream:
 
     def batch(self, seed: int, key: int, part: BatchSlice) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and next-token targets for the ``part`` of the global batch keyed by ``key``."""
-        starts = self._window_starts(seed, key, part.global_size)[part.start : part.start + part.size]
+        starts = self._window_starts(seed, key, part.global_size)[
+            part.start : part.start + part.size
+        ]
         windows = np.stack([self.tokens[s : s + self.block_size + 1] for s in starts])
         windows = torch.from_numpy(windows.astype(np.int64))
         return windows[:, :-1], windows[:, 1:]

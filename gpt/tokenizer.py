@@ -107,4 +107,3 @@ def train_bpe_tokenizer(texts: Iterator[str], vocab_size: int) -> Tokenizer:
     )
     hf.train_from_iterator(texts, trainer=trainer)
     return Tokenizer(hf)
-

@@ -17,7 +17,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("config", help="a YAML config, e.g. configs/shakespeare_char_cpu.yaml")
     parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.batch_size=16"
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, e.g. train.batch_size=16",
     )
     return parser.parse_args(argv)
 

@@ -6,8 +6,10 @@ owns what a step means:
 
 * batches come from :class:`gpt.data.TokenData`, keyed by (seed, step, position in the global batch),
   so the split of the global batch over processes and micro-steps does not change the result;
-* AdamW on the model's two parameter groups, the learning rate following warmup and then cosine,
-  linear or constant decay, the global gradient norm clipped;
+* AdamW on the model's two parameter groups, the global gradient norm clipped, and the learning
+  rate a pure function of the step (warmup, then cosine, linear or constant decay), set before every
+  step: the schedule has no state of its own to save, and a resumed run follows the config it is
+  given;
 * every ``eval_interval`` steps the mean train and val loss over fixed held-out windows; the best-val
   weights are kept as ``model.safetensors`` and ``early_stopping_patience`` evaluations without a new
   best end the run;
@@ -116,7 +118,6 @@ class Trainer:
             cpu=train.cpu,
             log_with="wandb" if wandb_mode != "disabled" else None,
             project_dir=str(self.out_dir),
-            step_scheduler_with_optimizer=False,  # we step it once per optimizer step ourselves
         )
         self.device = self.accelerator.device
         self.peak_flops = peak_flops(self.device, train.mixed_precision)
@@ -129,12 +130,7 @@ class Trainer:
             betas=(train.beta1, train.beta2),
             fused=self.device.type in ("cuda", "cpu"),
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: learning_rate(step, train) / train.learning_rate
-        )
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
-            model, optimizer, scheduler
-        )
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         # Compile the prepared module, so saved state keeps the plain parameter names.
         self.forward = torch.compile(self.model) if train.compile else self.model
         self.state = TrainState()
@@ -174,17 +170,15 @@ class Trainer:
             f"weights in {self.out_dir / WEIGHTS_FILE}"
         )
         return TrainResult(
-            self.out_dir, self.state.step, best, self.state.stopped_early, self._stop_signal is not None
+            self.out_dir,
+            self.state.step,
+            best,
+            self.state.stopped_early,
+            self._stop_signal is not None,
         )
 
     def _loop(self) -> None:
         train = self.config.train
-        tokens_per_step = (
-            train.batch_size
-            * train.gradient_accumulation_steps
-            * self.accelerator.num_processes
-            * self.model_config.block_size
-        )
         progress = tqdm(
             total=train.max_iters,
             initial=self.state.step,
@@ -192,35 +186,46 @@ class Trainer:
             desc="train",
             dynamic_ncols=True,
         )
-        interval_start, interval_steps = time.perf_counter(), 0
-        while self.state.step < train.max_iters and not self.state.stopped_early:
-            loss, grad_norm, stop_requested = self._train_step(self.state.step)
-            if not math.isfinite(loss):
-                self._diverged(loss)
-            self.state.step += 1
-            interval_steps += 1
-            progress.update(1)
-            step = self.state.step
-            if step % train.log_interval == 0 or step == train.max_iters:
-                elapsed = time.perf_counter() - interval_start
-                tokens_per_sec = tokens_per_step * interval_steps / elapsed
-                mfu = self._mfu(tokens_per_sec)
-                self._log_train(step, loss, grad_norm, tokens_per_sec, mfu)
-                progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}")
-                interval_start, interval_steps = time.perf_counter(), 0
-            finished = step == train.max_iters
-            if step % train.eval_interval == 0 or finished:
-                self._evaluate()
-                finished = finished or self.state.stopped_early
-            if stop_requested or finished or step % train.checkpoint_interval == 0:
-                save_checkpoint(self.accelerator, self.out_dir, self._trainer_state(), train.keep_checkpoints)
-            if stop_requested:
-                self.accelerator.print(
-                    f"\nstopped by signal at step {step}; checkpoint saved, "
-                    "run the same command again to resume"
-                )
-                break
-        progress.close()
+        self._interval_start, self._interval_steps = time.perf_counter(), 0
+        try:
+            while self.state.step < train.max_iters and not self.state.stopped_early:
+                loss, grad_norm, stop_requested = self._train_step(self.state.step)
+                if not math.isfinite(loss):
+                    self._diverged(loss)
+                self.state.step += 1
+                progress.update(1)
+                self._after_step(loss, grad_norm, progress, stop_requested)
+                if stop_requested:
+                    self.accelerator.print(
+                        f"\nstopped by signal at step {self.state.step}; checkpoint saved, "
+                        "run the same command again to resume"
+                    )
+                    break
+        finally:
+            progress.close()
+
+    def _after_step(self, loss: float, grad_norm: float, progress: tqdm, stop: bool) -> None:
+        """Log, evaluate and checkpoint on their intervals, and always at the end."""
+        train, step = self.config.train, self.state.step
+        self._interval_steps += 1
+        finished = step == train.max_iters
+        if step % train.log_interval == 0 or finished:
+            elapsed = time.perf_counter() - self._interval_start
+            tokens_per_sec = self._tokens_per_step() * self._interval_steps / elapsed
+            self._log_train(step, loss, grad_norm, tokens_per_sec)
+            progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}")
+            self._interval_start, self._interval_steps = time.perf_counter(), 0
+        if step % train.eval_interval == 0 or finished:
+            self._evaluate()
+        if stop or finished or self.state.stopped_early or step % train.checkpoint_interval == 0:
+            state = self._trainer_state()
+            save_checkpoint(self.accelerator, self.out_dir, state, train.keep_checkpoints)
+
+    def _tokens_per_step(self) -> int:
+        train = self.config.train
+        processes = self.accelerator.num_processes
+        sequences = train.batch_size * train.gradient_accumulation_steps * processes
+        return sequences * self.model_config.block_size
 
     def _train_step(self, step: int) -> tuple[float, float, bool]:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches.
@@ -231,6 +236,8 @@ class Trainer:
         train = self.config.train
         accelerator = self.accelerator
         max_norm = train.grad_clip if train.grad_clip > 0 else math.inf
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(step, train)
         loss_sum = torch.zeros((), device=self.device)
         grad_norm = torch.zeros((), device=self.device)
         for micro_step in range(train.gradient_accumulation_steps):
@@ -243,7 +250,6 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
-        self.scheduler.step()
         summary = torch.stack(
             [
                 loss_sum / train.gradient_accumulation_steps,
@@ -286,9 +292,13 @@ class Trainer:
         for split in ("train", "val"):
             total = torch.zeros((), device=self.device)
             for index in range(train.eval_iters):
-                inputs, targets = self._to_device(self.data.eval_batch(split, train.seed, index, part))
+                inputs, targets = self._to_device(
+                    self.data.eval_batch(split, train.seed, index, part)
+                )
                 total += self.forward(inputs, targets)[1].float()
-            losses[split] = self.accelerator.reduce(total / train.eval_iters, reduction="mean").item()
+            losses[split] = self.accelerator.reduce(
+                total / train.eval_iters, reduction="mean"
+            ).item()
         self.model.train()
         self._record_evaluation(losses["train"], losses["val"])
 
@@ -301,8 +311,13 @@ class Trainer:
             self._save_best_weights()
         else:
             self.state.evals_without_improvement += 1
-        record = {"step": step, "kind": "eval", "train_loss": train_loss, "val_loss": val_loss,
-                  "best_val_loss": self.state.best_val_loss}
+        record = {
+            "step": step,
+            "kind": "eval",
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "best_val_loss": self.state.best_val_loss,
+        }
         self.metrics.write(record)
         self._track({"eval/train_loss": train_loss, "eval/val_loss": val_loss}, step)
         self.accelerator.print(
@@ -332,7 +347,8 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             _write_atomically(self.out_dir / "config.yaml", self._resolved_config().to_yaml())
             _write_atomically(
-                self.out_dir / "tokenizer.json", self.data.tokenizer_path.read_text(encoding="utf-8")
+                self.out_dir / "tokenizer.json",
+                self.data.tokenizer_path.read_text(encoding="utf-8"),
             )
         self.accelerator.wait_for_everyone()
 
@@ -368,11 +384,16 @@ class Trainer:
         if self._wandb_mode == "disabled":
             return
         wandb = self.config.train.wandb
-        init = {"mode": self._wandb_mode, "dir": str(self.out_dir),
-                "name": wandb.run_name or self.out_dir.name}
+        init = {
+            "mode": self._wandb_mode,
+            "dir": str(self.out_dir),
+            "name": wandb.run_name or self.out_dir.name,
+        }
         config = self._resolved_config().model_dump(mode="json")
         try:
-            self.accelerator.init_trackers(wandb.project, config=config, init_kwargs={"wandb": init})
+            self.accelerator.init_trackers(
+                wandb.project, config=config, init_kwargs={"wandb": init}
+            )
         except Exception as error:  # W&B raises many kinds; none of them may end a training run
             self.accelerator.print(f"W&B could not start ({error}); training goes on without it")
             self.accelerator.trackers = []
@@ -384,11 +405,17 @@ class Trainer:
             self.accelerator.print(f"W&B logging failed ({error}); training goes on without it")
             self.accelerator.trackers = []
 
-    def _log_train(self, step: int, loss: float, grad_norm: float, tokens_per_sec: float,
-                   mfu: float) -> None:
-        lr = self.scheduler.get_last_lr()[0]
-        record = {"step": step, "kind": "train", "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                  "tokens_per_sec": tokens_per_sec, "mfu": mfu}
+    def _log_train(self, step: int, loss: float, grad_norm: float, tokens_per_sec: float) -> None:
+        lr = learning_rate(step - 1, self.config.train)  # the rate the step just taken used
+        record = {
+            "step": step,
+            "kind": "train",
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_sec": tokens_per_sec,
+            "mfu": self._mfu(tokens_per_sec),
+        }
         self.metrics.write(record)
         self._track({f"train/{k}": v for k, v in record.items() if k not in ("step", "kind")}, step)
 
@@ -411,7 +438,9 @@ class Trainer:
 
     def _diverged(self, loss: float) -> None:
         checkpoint = latest_checkpoint(self.out_dir)
-        kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
+        kept = (
+            f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
+        )
         raise UserError(
             f"the training loss became {loss} at step {self.state.step + 1}; stopped, and {kept}; "
             "lower train.learning_rate, raise train.warmup_iters or set train.grad_clip"

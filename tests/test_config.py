@@ -28,7 +28,10 @@ def test_the_bundled_configs_exist():
         "gpt2_124m.yaml",
     } <= names
     assert {p.name for p in ACCELERATE_CONFIGS} >= {
-        "multi_gpu.yaml", "fsdp.yaml", "multi_node.yaml", "cpu_ddp_2proc.yaml"
+        "multi_gpu.yaml",
+        "fsdp.yaml",
+        "multi_node.yaml",
+        "cpu_ddp_2proc.yaml",
     }
 
 
@@ -52,8 +55,14 @@ def test_every_accelerate_config_is_valid_for_accelerate(path: Path):
 def test_overrides_are_typed_and_nested():
     config = load_config(
         ROOT / "configs" / "shakespeare_char_cpu.yaml",
-        ["model.n_layer=2", "train.learning_rate=1e-2", "train.compile=true",
-         "train.wandb.mode=disabled", "train.wandb.run_name=123", "data.dir=elsewhere"],
+        [
+            "model.n_layer=2",
+            "train.learning_rate=1e-2",
+            "train.compile=true",
+            "train.wandb.mode=disabled",
+            "train.wandb.run_name=123",
+            "data.dir=elsewhere",
+        ],
     )
     assert config.model.n_layer == 2
     assert config.train.learning_rate == pytest.approx(1e-2)
@@ -85,10 +94,16 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
         (["train.wandb.mdoe=offline"], "did you mean 'train.wandb.mode'?"),
         (["model.n_layer=four"], "config key 'model.n_layer': input should be a valid integer"),
         (["train.compile=maybe"], "config key 'train.compile'"),
-        (["train.learning_rate=-0.1"], "config key 'train.learning_rate': input should be greater than 0"),
+        (
+            ["train.learning_rate=-0.1"],
+            "config key 'train.learning_rate': input should be greater than 0",
+        ),
         (["model.dropout=1.0"], "config key 'model.dropout': input should be less than 1"),
         (["model.dropout=-0.1"], "config key 'model.dropout'"),
-        (["model.n_embd=100", "model.n_head=6"], "model.n_embd (100) must be divisible by model.n_head (6)"),
+        (
+            ["model.n_embd=100", "model.n_head=6"],
+            "model.n_embd (100) must be divisible by model.n_head (6)",
+        ),
         (["model.arch=rnn"], "config key 'model.arch'"),
         (["train.mixed_precision=fp8"], "config key 'train.mixed_precision'"),
         (["train.min_lr=1.0"], "train.min_lr (1.0) must not exceed train.learning_rate"),
@@ -118,8 +133,10 @@ def test_a_file_that_is_not_yaml_is_a_user_error(tmp_path):
 
 def test_a_missing_data_folder_stops_before_any_work(tmp_path):
     result = run_python(
-        "train.py", str(ROOT / "configs" / "shakespeare_char_cpu.yaml"),
-        f"data.dir={tmp_path / 'missing'}", f"train.out_dir={tmp_path / 'out'}",
+        "train.py",
+        str(ROOT / "configs" / "shakespeare_char_cpu.yaml"),
+        f"data.dir={tmp_path / 'missing'}",
+        f"train.out_dir={tmp_path / 'out'}",
     )
     assert result.returncode == 2
     assert "data folder" in result.stderr and "does not exist" in result.stderr

@@ -4,6 +4,7 @@ import json
 import math
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -20,15 +21,30 @@ from gpt.trainer import learning_rate
 from .conftest import ROOT, run_python
 
 TINY = [
-    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
-    "model.dropout=0.0", "train.batch_size=8", "train.warmup_iters=5", "train.learning_rate=3e-3",
-    "train.min_lr=3e-4", "train.eval_iters=4", "train.log_interval=5", "train.wandb.mode=disabled",
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "model.dropout=0.0",
+    "train.batch_size=8",
+    "train.warmup_iters=5",
+    "train.learning_rate=3e-3",
+    "train.min_lr=3e-4",
+    "train.eval_iters=4",
+    "train.log_interval=5",
+    "train.wandb.mode=disabled",
 ]
 
 
 def train_args(data: Path, out: Path, *overrides: str, config: str = "shakespeare_char_cpu.yaml"):
-    return ["train.py", str(ROOT / "configs" / config), f"data.dir={data}", f"train.out_dir={out}",
-            *TINY, *overrides]
+    return [
+        "train.py",
+        str(ROOT / "configs" / config),
+        f"data.dir={data}",
+        f"train.out_dir={out}",
+        *TINY,
+        *overrides,
+    ]
 
 
 def read_metrics(out: Path) -> list[dict]:
@@ -62,9 +78,9 @@ def test_learning_rate_warms_up_then_decays_to_min_lr():
     config = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
     rates = [learning_rate(step, config) for step in range(120)]
     assert rates[0] == pytest.approx(1 / 11)
-    assert all(a < b for a, b in zip(rates[:10], rates[1:11]))
+    assert all(a < b for a, b in zip(rates[:10], rates[1:11], strict=True))
     assert rates[10] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(rates[10:110], rates[11:111]))
+    assert all(a >= b for a, b in zip(rates[10:110], rates[11:111], strict=True))
     assert rates[60] == pytest.approx(0.55)  # cosine: half way down at half the decay
     assert rates[110:] == [pytest.approx(0.1)] * 10
     linear = config.model_copy(update={"lr_schedule": "linear"})
@@ -100,8 +116,15 @@ def test_batches_are_a_pure_function_of_seed_step_and_position(shakespeare_char)
 
 def test_loss_falls_and_the_output_folder_is_complete(shakespeare_char, tmp_path):
     out = tmp_path / "run"
-    result = run_python(*train_args(shakespeare_char, out, "train.max_iters=60",
-                                    "train.eval_interval=30", "train.checkpoint_interval=30"))
+    result = run_python(
+        *train_args(
+            shakespeare_char,
+            out,
+            "train.max_iters=60",
+            "train.eval_interval=30",
+            "train.checkpoint_interval=30",
+        )
+    )
     assert result.returncode == 0, result.stderr
     evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [0, 30, 60]
@@ -116,14 +139,22 @@ def test_loss_falls_and_the_output_folder_is_complete(shakespeare_char, tmp_path
     assert "n_layer: 2" in (out / "config.yaml").read_text()
     assert "vocab_size: 65" in (out / "config.yaml").read_text()
     assert (out / "model.safetensors").is_file()
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000030", "step_0000060"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_0000030",
+        "step_0000060",
+    ]
 
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_baselines_train_through_the_same_command(arch, shakespeare_char, tmp_path):
     out = tmp_path / arch
-    args = train_args(shakespeare_char, out, "train.max_iters=40", "train.eval_interval=40",
-                      config=f"{arch}_baseline.yaml")
+    args = train_args(
+        shakespeare_char,
+        out,
+        "train.max_iters=40",
+        "train.eval_interval=40",
+        config=f"{arch}_baseline.yaml",
+    )
     result = run_python(*args)
     assert result.returncode == 0, result.stderr
     evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
@@ -131,36 +162,81 @@ def test_baselines_train_through_the_same_command(arch, shakespeare_char, tmp_pa
     assert f"arch: {arch}" in (out / "config.yaml").read_text()
 
 
-EQUIVALENCE = ["train.max_iters=6", "train.eval_interval=6", "train.checkpoint_interval=6",
-               "train.grad_clip=1.0", "train.warmup_iters=2"]
+EQUIVALENCE = [
+    "train.max_iters=6",
+    "train.eval_interval=6",
+    "train.checkpoint_interval=6",
+    "train.grad_clip=1.0",
+    "train.warmup_iters=2",
+]
 
 
 @pytest.mark.slow
-def test_the_same_global_batch_trains_the_same_model_however_it_is_split(shakespeare_char, tmp_path):
+def test_the_same_global_batch_trains_the_same_model_however_it_is_split(
+    shakespeare_char, tmp_path
+):
     reference = tmp_path / "one_process_batch_8"
     accumulated = tmp_path / "one_process_batch_4_accumulate_2"
     two_processes = tmp_path / "two_processes_batch_4"
     two_machines = tmp_path / "two_machines_batch_4"
     runs = [
         run_python(*train_args(shakespeare_char, reference, *EQUIVALENCE, "train.batch_size=8")),
-        run_python(*train_args(shakespeare_char, accumulated, *EQUIVALENCE, "train.batch_size=4",
-                               "train.gradient_accumulation_steps=2")),
-        run_python("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                   "--num_machines", "1", "--main_process_port", str(free_port()),
-                   "--mixed_precision", "no", "--dynamo_backend", "no",
-                   *train_args(shakespeare_char, two_processes, *EQUIVALENCE, "train.batch_size=4")),
+        run_python(
+            *train_args(
+                shakespeare_char,
+                accumulated,
+                *EQUIVALENCE,
+                "train.batch_size=4",
+                "train.gradient_accumulation_steps=2",
+            )
+        ),
+        run_python(
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--main_process_port",
+            str(free_port()),
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            *train_args(shakespeare_char, two_processes, *EQUIVALENCE, "train.batch_size=4"),
+        ),
     ]
     for run in runs:
         assert run.returncode == 0, run.stderr[-3000:]
     port = free_port()
     machines = [
         subprocess.Popen(
-            [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-             "2", "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip",
-             "127.0.0.1", "--main_process_port", str(port), "--mixed_precision", "no",
-             "--dynamo_backend", "no",
-             *train_args(shakespeare_char, two_machines, *EQUIVALENCE, "train.batch_size=4")],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--multi_gpu",
+                "--num_processes",
+                "2",
+                "--num_machines",
+                "2",
+                "--machine_rank",
+                str(rank),
+                "--main_process_ip",
+                "127.0.0.1",
+                "--main_process_port",
+                str(port),
+                "--mixed_precision",
+                "no",
+                "--dynamo_backend",
+                "no",
+                *train_args(shakespeare_char, two_machines, *EQUIVALENCE, "train.batch_size=4"),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for rank in (0, 1)
     ]
@@ -176,8 +252,14 @@ def test_the_same_global_batch_trains_the_same_model_however_it_is_split(shakesp
     )
 
 
-RESUME = ["train.max_iters=120", "train.eval_interval=40", "train.checkpoint_interval=10",
-          "model.dropout=0.1", "model.n_embd=64", "model.block_size=64"]
+RESUME = [
+    "train.max_iters=120",
+    "train.eval_interval=40",
+    "train.checkpoint_interval=10",
+    "model.dropout=0.1",
+    "model.n_embd=64",
+    "model.block_size=64",
+]
 
 
 @pytest.mark.slow
@@ -185,8 +267,12 @@ def test_a_run_killed_with_sigkill_resumes_to_bitwise_identical_weights(shakespe
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
     assert run_python(*train_args(shakespeare_char, uninterrupted, *RESUME)).returncode == 0
 
-    process = subprocess.Popen([sys.executable, *train_args(shakespeare_char, resumed, *RESUME)],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, *train_args(shakespeare_char, resumed, *RESUME)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (resumed / "checkpoints" / "step_0000030").exists():
         assert process.poll() is None and time.monotonic() < deadline
@@ -206,12 +292,21 @@ def test_a_run_killed_with_sigkill_resumes_to_bitwise_identical_weights(shakespe
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(shakespeare_char, tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, *train_args(shakespeare_char, out, "train.max_iters=100000",
-                                     "train.checkpoint_interval=100000")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            *train_args(
+                shakespeare_char, out, "train.max_iters=100000", "train.checkpoint_interval=100000"
+            ),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
-    while not (out / "metrics.jsonl").exists() or "train" not in (out / "metrics.jsonl").read_text():
+    while (
+        not (out / "metrics.jsonl").exists() or '"train"' not in (out / "metrics.jsonl").read_text()
+    ):
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
@@ -225,13 +320,27 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(shakespeare_char, tmp_path
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(shakespeare_char, tmp_path):
     out = tmp_path / "run"
-    good = run_python(*train_args(shakespeare_char, out, "train.max_iters=10",
-                                  "train.checkpoint_interval=10"))
+    good = run_python(
+        *train_args(
+            shakespeare_char,
+            out,
+            "train.max_iters=10",
+            "train.checkpoint_interval=10",
+            "train.keep_checkpoints=10",
+        )
+    )
     assert good.returncode == 0, good.stderr
     before = final_weights(out)
-    result = run_python(*train_args(shakespeare_char, out, "train.max_iters=30",
-                                    "train.learning_rate=1e30", "train.min_lr=0",
-                                    "train.grad_clip=0", "train.checkpoint_interval=1"))
+    result = run_python(
+        *train_args(
+            shakespeare_char,
+            out,
+            "train.max_iters=30",
+            "train.learning_rate=1e30",
+            "train.min_lr=0",
+            "train.grad_clip=0",
+        )
+    )
     assert result.returncode == 2
     assert "training loss became" in result.stderr and "step_0000010" in result.stderr
     assert "Traceback" not in result.stderr
@@ -245,8 +354,11 @@ def test_resuming_with_another_model_shape_is_refused(shakespeare_char, tmp_path
     result = run_python(*train_args(shakespeare_char, out, "train.max_iters=10", "model.n_layer=3"))
     assert result.returncode == 2
     assert "another model shape (model.n_layer: checkpoint 2 vs config 3)" in result.stderr
-    fresh = run_python(*train_args(shakespeare_char, out, "train.max_iters=5", "model.n_layer=3",
-                                   "train.resume=never"))
+    fresh = run_python(
+        *train_args(
+            shakespeare_char, out, "train.max_iters=5", "model.n_layer=3", "train.resume=never"
+        )
+    )
     assert fresh.returncode == 0, fresh.stderr
 
 
@@ -257,18 +369,37 @@ def overfitting_data(tmp_path_factory) -> Path:
     corpus = tmp_path_factory.mktemp("small") / "small.txt"
     corpus.write_text(text)
     out = corpus.parent / "prepared"
-    result = run_python("-m", "data_prep", "--input", str(corpus), "--tokenizer", "char",
-                        "--val-fraction", "0.25", "--out", str(out))
+    result = run_python(
+        "-m",
+        "data_prep",
+        "--input",
+        str(corpus),
+        "--tokenizer",
+        "char",
+        "--val-fraction",
+        "0.25",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     return out
 
 
 def test_early_stopping_keeps_the_best_val_weights(overfitting_data, tmp_path):
     out = tmp_path / "run"
-    result = run_python(*train_args(overfitting_data, out, "train.max_iters=2000",
-                                    "train.eval_interval=25", "train.early_stopping_patience=3",
-                                    "train.lr_schedule=constant", "model.n_embd=64",
-                                    "model.block_size=32", "train.weight_decay=0"))
+    result = run_python(
+        *train_args(
+            overfitting_data,
+            out,
+            "train.max_iters=2000",
+            "train.eval_interval=25",
+            "train.early_stopping_patience=3",
+            "train.lr_schedule=constant",
+            "model.n_embd=64",
+            "model.block_size=32",
+            "train.weight_decay=0",
+        )
+    )
     assert result.returncode == 0, result.stderr
     assert "early stopping at step" in result.stdout
     evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
@@ -279,6 +410,7 @@ def test_early_stopping_keeps_the_best_val_weights(overfitting_data, tmp_path):
 
     from gpt.checkpoint import load_model
     from gpt.data import TokenData
+
     model = load_model(out / "model.safetensors")
     data = TokenData(overfitting_data, block_size=32)
     part = BatchSlice.for_micro_step(8, 1, 1, 0, 0)
@@ -289,12 +421,54 @@ def test_early_stopping_keeps_the_best_val_weights(overfitting_data, tmp_path):
 
 def test_wandb_offline_run_is_written_with_the_logged_metrics(shakespeare_char, tmp_path):
     out = tmp_path / "run"
-    result = run_python(*train_args(shakespeare_char, out, "train.max_iters=10",
-                                    "train.eval_interval=10", "train.wandb.mode=offline",
-                                    "train.wandb.run_name=offline-test"))
+    result = run_python(
+        *train_args(
+            shakespeare_char,
+            out,
+            "train.max_iters=10",
+            "train.eval_interval=10",
+            "train.wandb.mode=offline",
+            "train.wandb.run_name=offline-test",
+        )
+    )
     assert result.returncode == 0, result.stderr
-    (run_dir,) = (out / "wandb").glob("offline-run-*")
-    summary = json.loads((run_dir / "files" / "wandb-summary.json").read_text())
-    final = read_metrics(out)[-1]
-    assert summary["eval/val_loss"] == pytest.approx(final["val_loss"])
-    assert "train/loss" in summary and "train/tokens_per_sec" in summary
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    logged = wandb_history(run_file)
+    metrics = read_metrics(out)
+    assert [h["eval/val_loss"] for h in logged if "eval/val_loss" in h] == [
+        r["val_loss"] for r in metrics if r["kind"] == "eval"
+    ]
+    assert [h["train/loss"] for h in logged if "train/loss" in h] == [
+        r["loss"] for r in metrics if r["kind"] == "train"
+    ]
+
+
+def wandb_history(run_file: Path) -> list[dict]:
+    """The history rows of an offline W&B run file.
+
+    The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each chunk a
+    7-byte header (checksum, length, type) and data; a record is one FULL chunk or FIRST, MIDDLE...,
+    LAST chunks. Each record is a protobuf ``Record``.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    raw, block, position, pending, rows = run_file.read_bytes(), 32768, 7, b"", []
+    while position + 7 <= len(raw):
+        if block - position % block < 7:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        _checksum, length, kind = struct.unpack("<IHB", raw[position : position + 7])
+        pending += raw[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append(
+                    {
+                        item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                        for item in record.history.item
+                    }
+                )
+    return rows
