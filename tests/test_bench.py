@@ -1,0 +1,84 @@
+"""The benchmarks run end to end with their ``--quick`` settings and write sensible JSON.
+
+``python -m bench.run_all --quick`` runs once for the module (in this process, its results in a
+temporary folder); the tests then read what each benchmark wrote. No test looks at a timing.
+"""
+
+import contextlib
+import io
+import json
+import math
+
+import pytest
+
+import bench
+from bench import run_all
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """The printed output of ``run_all --quick``, and a reader for the JSON it wrote."""
+    results = tmp_path_factory.mktemp("results")
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(bench, "RESULTS_DIR", results)
+        run_all.main(["--quick"])
+
+    def read(name: str) -> dict:
+        return json.loads((results / "quick" / f"{name}.json").read_text())
+
+    return printed.getvalue(), read
+
+
+def test_every_benchmark_prints_its_table(quick_run):
+    printed, _ = quick_run
+    for header in ["| shape |", "| batch | new tokens |", "| corpus | tokenizer |", "| config |"]:
+        assert header in printed
+
+
+def test_training_compares_identical_models(quick_run):
+    _, read = quick_run
+    result = read("training")
+    tiny = result["shapes"]["tiny"]
+    assert tiny["params"]["ours"] == tiny["params"]["transformers"]  # the same shape on both sides
+    assert result["torch_threads"] >= 1 and result["peak_flops"] > 0
+    for name in ("ours", "transformers"):
+        assert tiny["tokens_per_sec"][name] > 0
+        assert 0 < tiny["mfu"][name] < 1
+        assert len(tiny["window_seconds"][name]) == 2  # two alternated rounds
+    assert tiny["ratio"] == pytest.approx(
+        tiny["tokens_per_sec"]["ours"] / tiny["tokens_per_sec"]["transformers"]
+    )
+
+
+def test_generation_times_both_paths_for_every_setting(quick_run):
+    _, read = quick_run
+    results = read("generation")["results"]
+    settings = {(r["batch_size"], r["new_tokens"]) for r in results}
+    assert settings == {(1, 16), (1, 64), (2, 16), (2, 64)}
+    for result in results:
+        assert result["tokens_per_sec"]["cached"] > 0 and result["tokens_per_sec"]["recomputed"] > 0
+
+
+def test_preparation_measures_both_tokenizers_and_worker_counts(quick_run):
+    _, read = quick_run
+    result = read("preparation")
+    runs = {(r["tokenizer"], r["workers"]) for r in result["pipeline"]}
+    assert runs == {("char", 1), ("char", 2), ("bpe", 1), ("bpe", 2)}
+    assert all(0 < r["peak_rss_mb"] < 2000 and r["mb_per_sec"] > 0 for r in result["pipeline"])
+    for pair in result["encoding"]:
+        assert pair["ratio"] > 0
+        if pair["tokenizer"] == "char":  # the baseline encodes exactly the same text
+            assert pair["tokens"]["data_prep"] == pair["tokens"]["direct"]
+
+
+def test_time_to_quality_follows_the_evaluations(quick_run):
+    _, read = quick_run
+    result = read("time_to_quality")
+    steps = [e["step"] for e in result["evaluations"]]
+    assert steps == [0, 5, 10]  # eval_interval 5, max_iters 10
+    seconds = [e["seconds"] for e in result["evaluations"]]
+    assert seconds == sorted(seconds) and seconds[-1] <= result["total_seconds"]
+    assert math.isfinite(result["final_val_loss"])
+    assert result["final_val_loss"] == result["evaluations"][-1]["val_loss"]
+    assert result["reached"] is None or result["reached"]["step"] in steps
