@@ -3,10 +3,10 @@
 Two streaming passes over the corpus. The first builds the tokenizer: the char vocabulary scans all
 of the text; BPE trains on a bounded sample, the first ``bpe_sample_mb`` megabytes, which is plenty
 to learn merges and keeps that pass's time and memory bounded; a given ``tokenizer.json`` needs no
-pass. The second pass encodes the text in batches (about 2 MB, as 32 chunks) with
+pass. The second pass encodes the text in batches (about 1 MB, as 16 chunks) with
 ``encode_batch_fast``, whose Rust threads share out a batch's chunks over every core, and appends
-each batch's ids to ``train.bin`` or ``val.bin``. A worker thread encodes one batch while the next
-is read and the last is written. So memory holds a few batches at a time, whatever the size of the
+each batch's ids to ``train.bin`` or ``val.bin``. Two worker threads encode while the next batch is
+read and the last is written. So memory holds a few batches at a time, whatever the size of the
 corpus.
 
 Everything is written into a sibling folder ``OUT.tmp-<pid>`` that is renamed to ``OUT`` only when
@@ -19,8 +19,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,8 @@ from gpt.tokenizer import (
 Corpus = FileCorpus | DatasetCorpus
 DEFAULT_BPE_VOCAB = 8192
 UINT16_MAX_VOCAB = 65535  # the project's contract: uint16 up to this vocabulary size, else uint32
-BATCH_CHARS = 32 * CHUNK_CHARS  # per encode_batch_fast call: work for many threads, bounded memory
+BATCH_CHARS = 16 * CHUNK_CHARS  # per encode_batch_fast call: work for many threads, bounded memory
+ENCODING_WORKERS = 2  # batches being encoded at once
 
 
 @dataclass(frozen=True)
@@ -202,19 +204,21 @@ def _batches(pieces: Iterable[Piece], max_chars: int) -> Iterator[list[Piece]]:
 def _encode_ahead(
     batches: Iterable[list[Piece]], tokenizer: Tokenizer, dtype: str
 ) -> Iterator[tuple[list[Piece], dict[str, np.ndarray]]]:
-    """Each batch with its ids, encoded in a worker thread while the next batch is read.
+    """Each batch with its ids, in order, encoded by worker threads while the next is read.
 
-    ``encode_batch_fast`` releases the GIL, so reading, cutting and writing overlap with encoding.
+    ``encode_batch_fast`` releases the GIL, so while one worker's batch is in Rust, the other worker
+    turns its ids into arrays and the main thread reads, cuts and writes: the cores never wait on
+    Python. At most ``ENCODING_WORKERS + 1`` batches are in memory.
     """
-    with ThreadPoolExecutor(max_workers=1) as worker:
-        previous = None
+    with ThreadPoolExecutor(max_workers=ENCODING_WORKERS) as workers:
+        in_flight: deque[tuple[list[Piece], Future]] = deque()
         for batch in batches:
-            current = batch, worker.submit(_encode, batch, tokenizer, dtype)
-            if previous is not None:
-                yield previous[0], previous[1].result()
-            previous = current
-        if previous is not None:
-            yield previous[0], previous[1].result()
+            in_flight.append((batch, workers.submit(_encode, batch, tokenizer, dtype)))
+            if len(in_flight) > ENCODING_WORKERS:
+                done, future = in_flight.popleft()
+                yield done, future.result()
+        for done, future in in_flight:
+            yield done, future.result()
 
 
 def _encode(batch: list[Piece], tokenizer: Tokenizer, dtype: str) -> dict[str, np.ndarray]:
