@@ -20,6 +20,7 @@ owns what a step means:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -44,6 +45,10 @@ from gpt.data import BatchSlice, TokenData
 from gpt.errors import UserError
 from gpt.model import build_model
 from gpt.throughput import peak_flops
+
+# accelerate warns at every checkpoint that it saved the tied embedding and head once; that is the
+# intended behaviour (loading re-ties them), so the warning is noise.
+logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
 @dataclass
@@ -115,7 +120,9 @@ class Trainer:
         self.accelerator = Accelerator(
             mixed_precision=train.mixed_precision,
             gradient_accumulation_steps=train.gradient_accumulation_steps,
-            cpu=train.cpu,
+            # Without an accelerator, accelerate builds a multi-process (gloo) group only when told
+            # to use the CPU; otherwise `accelerate launch` would start independent processes.
+            cpu=train.cpu or not torch.accelerator.is_available(),
             log_with="wandb" if wandb_mode != "disabled" else None,
             project_dir=str(self.out_dir),
         )
@@ -263,15 +270,18 @@ class Trainer:
         return loss_value, grad_norm_value, stop > 0
 
     def _batch(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        train = self.config.train
-        part = BatchSlice.for_micro_step(
-            train.batch_size,
-            train.gradient_accumulation_steps,
+        batch = self.data.train_batch(self.config.train.seed, step, self._batch_slice(micro_step))
+        return self._to_device(batch)
+
+    def _batch_slice(self, micro_step: int) -> BatchSlice:
+        """This process's share of a global batch in ``micro_step``."""
+        return BatchSlice.for_micro_step(
+            self.config.train.batch_size,
+            self.config.train.gradient_accumulation_steps,
             self.accelerator.num_processes,
             self.accelerator.process_index,
             micro_step,
         )
-        return self._to_device(self.data.train_batch(train.seed, step, part))
 
     def _to_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         if self.device.type == "cuda":
@@ -282,23 +292,23 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self) -> None:
-        """Mean loss over ``eval_iters`` fixed batches of each split, averaged over processes."""
+        """Mean loss over ``eval_iters`` fixed global batches of each split.
+
+        An evaluation batch is a global batch like a training one, split over processes and
+        micro-steps the same way, so the loss is over the same windows however a run is split.
+        """
         train = self.config.train
-        part = BatchSlice.for_micro_step(
-            train.batch_size, 1, self.accelerator.num_processes, self.accelerator.process_index, 0
-        )
         self.model.eval()
         losses = {}
         for split in ("train", "val"):
             total = torch.zeros((), device=self.device)
             for index in range(train.eval_iters):
-                inputs, targets = self._to_device(
-                    self.data.eval_batch(split, train.seed, index, part)
-                )
-                total += self.forward(inputs, targets)[1].float()
-            losses[split] = self.accelerator.reduce(
-                total / train.eval_iters, reduction="mean"
-            ).item()
+                for micro_step in range(train.gradient_accumulation_steps):
+                    part = self._batch_slice(micro_step)
+                    batch = self.data.eval_batch(split, train.seed, index, part)
+                    total += self.forward(*self._to_device(batch))[1].float()
+            mean = total / (train.eval_iters * train.gradient_accumulation_steps)
+            losses[split] = self.accelerator.reduce(mean, reduction="mean").item()
         self.model.train()
         self._record_evaluation(losses["train"], losses["val"])
 

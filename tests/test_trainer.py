@@ -247,9 +247,10 @@ def test_the_same_global_batch_trains_the_same_model_however_it_is_split(
     expected = final_weights(reference)
     for other in (accumulated, two_processes, two_machines):
         assert_same_weights(expected, final_weights(other), atol=2e-5)
-    assert read_metrics(two_processes)[-1]["val_loss"] == pytest.approx(
-        read_metrics(reference)[-1]["val_loss"], abs=1e-4
-    )
+    for other in (accumulated, two_processes, two_machines):  # evaluated on the same windows
+        assert read_metrics(other)[-1]["val_loss"] == pytest.approx(
+            read_metrics(reference)[-1]["val_loss"], abs=1e-5
+        )
 
 
 RESUME = [
