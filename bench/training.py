@@ -6,7 +6,7 @@
 
 *Ours* is ``gpt.trainer.Trainer._train_step``, the very step that training runs: a batch read from
 the memory-mapped tokens, forward, loss, backward, global gradient-norm clipping, fused AdamW step,
-learning-rate schedule, and the loss read back, all through accelerate. *The reference* is
+the learning rate of the step, and the loss read back, all through accelerate. *The reference* is
 ``transformers.GPT2LMHeadModel`` with the identical shape (biases on, dropout off on both sides)
 and SDPA attention, trained by the textbook loop: the same batch tensors, the same cross-entropy,
 the same AdamW parameter groups and hyperparameters, ``clip_grad_norm_``, the same schedule, the
@@ -126,9 +126,6 @@ class ReferenceStep:
             betas=(train.beta1, train.beta2),
             fused=self.device.type in ("cuda", "cpu"),
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: learning_rate(step, train) / train.learning_rate
-        )
         self.forward = torch.compile(self.model) if train.compile else self.model
         self.bf16 = train.mixed_precision == "bf16"
         self.grad_clip = train.grad_clip
@@ -139,6 +136,8 @@ class ReferenceStep:
 
     def __call__(self, step: int) -> tuple[float, float]:
         train = self.trainer.config.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(step, train)
         inputs, targets = self.trainer.data.train_batch(train.seed, step, self.batch)
         inputs, targets = inputs.to(self.device), targets.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -148,7 +147,6 @@ class ReferenceStep:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
         return loss.item(), grad_norm.item()
 
 
