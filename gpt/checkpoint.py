@@ -25,6 +25,7 @@ import safetensors
 import safetensors.torch
 import torch
 from accelerate import Accelerator
+from pydantic import ValidationError
 
 from gpt.config import ModelConfig
 from gpt.errors import UserError
@@ -73,9 +74,7 @@ def load_trained(
     """The model and tokenizer of a training output folder (best weights) or of one checkpoint."""
     path = Path(path)
     if (path / TRAINER_STATE_FILE).is_file():  # a checkpoint inside OUT_DIR/checkpoints/
-        state = read_trainer_state(path)
-        config = ModelConfig.model_validate(state["model_config"])
-        model = load_model(path / WEIGHTS_FILE, config)
+        model = load_model(path / WEIGHTS_FILE, _saved_model_config(path))
         tokenizer_path = path.parent.parent / "tokenizer.json"
     elif (path / WEIGHTS_FILE).is_file():
         model = load_model(path / WEIGHTS_FILE)
@@ -87,6 +86,11 @@ def load_trained(
         )
     else:
         raise UserError(f"checkpoint {path} does not exist; pass a training output folder")
+    if not tokenizer_path.is_file():
+        raise UserError(
+            f"{tokenizer_path} is missing: the training output folder is incomplete; copy the "
+            "tokenizer.json of the data the model was trained on there"
+        )
     return model.to(device).eval(), load_tokenizer(tokenizer_path)
 
 
@@ -118,7 +122,7 @@ def save_checkpoint(accelerator: Accelerator, out_dir: Path, state: dict, keep: 
 def load_checkpoint(accelerator: Accelerator, path: Path, model_config: ModelConfig) -> dict:
     """Restore the training state from ``path`` and return its trainer state."""
     state = read_trainer_state(path)
-    saved = ModelConfig.model_validate(state["model_config"])
+    saved = _saved_model_config(path)
     if _shape(saved) != _shape(model_config):
         differences = ", ".join(
             f"model.{key}: checkpoint {value} vs config {_shape(model_config)[key]}"
@@ -154,6 +158,15 @@ def read_trainer_state(path: Path) -> dict:
         return json.loads(state_file.read_text(encoding="utf-8"))
     except ValueError:
         raise UserError(f"{state_file} is damaged; resume from another checkpoint") from None
+
+
+def _saved_model_config(path: Path) -> ModelConfig:
+    try:
+        return ModelConfig.model_validate(read_trainer_state(path)["model_config"])
+    except (KeyError, TypeError, ValidationError):
+        raise UserError(
+            f"{path / TRAINER_STATE_FILE} holds no valid model config; use another checkpoint"
+        ) from None
 
 
 def _shape(config: ModelConfig) -> dict:
