@@ -232,7 +232,7 @@ def test_a_checkpoint_without_its_tokenizer_is_a_user_error(capsys, tmp_path):
     out_dir = write_out_dir(tmp_path / "out", char_tokenizer())
     (out_dir / "tokenizer.json").unlink()
     code, out, err = sample(capsys, "--checkpoint", str(out_dir))
-    assert_user_error(code, out, err, "tokenizer.json does not exist")
+    assert_user_error(code, out, err, "tokenizer.json is missing")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupt"])
@@ -282,3 +282,13 @@ def test_the_entry_point_streams_multi_byte_text_as_utf8(bpe_out):
     assert printed.returncode == streamed.returncode == 0, printed.stderr + streamed.stderr
     assert streamed.stdout == printed.stdout
     assert streamed.stdout.startswith("Crème")
+
+
+def test_a_checkpoint_with_a_damaged_trainer_state_is_a_user_error(capsys, tmp_path):
+    out_dir = write_out_dir(tmp_path / "out", char_tokenizer())
+    checkpoint = out_dir / "checkpoints" / "step_0000001"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes((out_dir / "model.safetensors").read_bytes())
+    (checkpoint / "trainer_state.json").write_text('{"step": 1}')
+    code, out, err = sample(capsys, "--checkpoint", str(checkpoint))
+    assert_user_error(code, out, err, "holds no valid model config")
