@@ -10,7 +10,10 @@ The model, for a batch of token ids ``idx`` of shape (B, T)::
 
 The output head shares its matrix with the token embedding (weight tying, Press & Wolf, 2017).
 Attention runs through ``F.scaled_dot_product_attention``, which picks a fused or flash kernel
-where one is available. GELU is the tanh approximation, as in GPT-2.
+where one is available. GELU is the exact one, x·Φ(x), rather than GPT-2's tanh approximation: the
+two differ by less than 1e-3 and a model trained from scratch does not care, but PyTorch's CPU
+kernel for the exact form is about 2.4 times faster, which makes the whole training step of the
+small CPU config several percent faster (bench/README.md).
 """
 
 from __future__ import annotations
@@ -101,7 +104,7 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.residual_proj(F.gelu(self.fc(x), approximate="tanh")))
+        return self.dropout(self.residual_proj(F.gelu(self.fc(x))))
 
 
 class Block(nn.Module):
