@@ -42,20 +42,35 @@ QUICK_BYTES = 100_000
 
 
 @dataclass(frozen=True)
+class Process:
+    """What the kernel says about a finished subprocess."""
+
+    seconds: float  # wall time, start to exit
+    cpu_seconds: float  # user + system time of all its threads
+    peak_rss_mb: float
+    output: str
+
+
+@dataclass(frozen=True)
 class Run:
-    """One timed subprocess."""
+    """One timed run of data_prep or of the baseline on one corpus."""
 
     corpus: str
     corpus_mb: float
     tokenizer: str
     workers: int
     seconds: float
+    cpu_seconds: float
     peak_rss_mb: float
     tokens: int  # written (data_prep, end-of-text tokens included) or encoded (tokenizers alone)
 
     @property
     def mb_per_sec(self) -> float:
         return self.corpus_mb / self.seconds
+
+    @property
+    def cores_busy(self) -> float:
+        return self.cpu_seconds / self.seconds
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -73,8 +88,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def run_measured(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Run ``python COMMAND``; its wall seconds, its peak RSS in MB and its output."""
+def run_measured(command: list[str], env: dict[str, str] | None = None) -> Process:
+    """Run ``python COMMAND`` to its end and measure it."""
     start = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, *command],
@@ -85,42 +100,44 @@ def run_measured(command: list[str], env: dict[str, str] | None = None) -> tuple
         text=True,
     )
     output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    _, status, usage = os.wait4(process.pid, 0)  # the rusage of this child alone
     seconds = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{output}")
-    return seconds, usage.ru_maxrss * 1024 / MB, output  # ru_maxrss is in KiB on Linux
+    cpu_seconds = usage.ru_utime + usage.ru_stime
+    return Process(seconds, cpu_seconds, usage.ru_maxrss * 1024 / MB, output)  # maxrss: KiB
 
 
 def run_data_prep(corpus: Path, tokenizer: str, workers: int, out: Path) -> Run:
-    command = [
-        "-m",
-        "data_prep",
-        "--input",
-        str(corpus),
-        "--tokenizer",
-        tokenizer,
-        "--out",
-        str(out),
-        "--num-proc",
-        str(workers),
-        "--overwrite",
-    ]
-    seconds, peak_rss_mb, _ = run_measured(command)
+    process = run_measured(
+        ["-m", "data_prep", "--input", str(corpus), "--tokenizer", tokenizer, "--out", str(out)]
+        + ["--num-proc", str(workers), "--overwrite"]
+    )
     tokens = sum(json.loads((out / "meta.json").read_text())["tokens"].values())
-    size = corpus.stat().st_size / MB
-    return Run(corpus.name, size, tokenizer, workers, seconds, peak_rss_mb, tokens)
+    return measured_run(corpus, tokenizer, workers, process, tokens)
 
 
 def run_directly(corpus: Path, tokenizer_json: Path, kind: str, workers: int) -> Run:
-    seconds, peak_rss_mb, output = run_measured(
+    process = run_measured(
         ["-m", "bench.encode_directly", str(tokenizer_json), str(corpus)],
         env={"RAYON_NUM_THREADS": str(workers), "TOKENIZERS_PARALLELISM": str(workers > 1).lower()},
     )
-    tokens = json.loads(output.splitlines()[-1])["tokens"]
-    size = corpus.stat().st_size / MB
-    return Run(corpus.name, size, kind, workers, seconds, peak_rss_mb, tokens)
+    tokens = json.loads(process.output.splitlines()[-1])["tokens"]
+    return measured_run(corpus, kind, workers, process, tokens)
+
+
+def measured_run(corpus: Path, tokenizer: str, workers: int, process: Process, tokens: int) -> Run:
+    return Run(
+        corpus.name,
+        corpus.stat().st_size / MB,
+        tokenizer,
+        workers,
+        process.seconds,
+        process.cpu_seconds,
+        process.peak_rss_mb,
+        tokens,
+    )
 
 
 def generate_corpus(path: Path, size_mb: int, seed: int = 0) -> Path:
@@ -193,18 +210,12 @@ def main(argv: list[str]) -> None:
     path = write_results(
         "preparation",
         {
-            "pipeline": [{**asdict(run), "mb_per_sec": run.mb_per_sec} for run in pipeline],
+            "pipeline": [describe(run) for run in pipeline],
             "encoding": [
                 {
-                    "corpus": ours.corpus,
-                    "corpus_mb": ours.corpus_mb,
-                    "tokenizer": ours.tokenizer,
-                    "workers": ours.workers,
-                    "data_prep_mb_per_sec": ours.mb_per_sec,
-                    "direct_mb_per_sec": direct.mb_per_sec,
+                    "data_prep": describe(ours),
+                    "direct": describe(direct),
                     "ratio": ours.mb_per_sec / direct.mb_per_sec,
-                    "data_prep_peak_rss_mb": ours.peak_rss_mb,
-                    "tokens": {"data_prep": ours.tokens, "direct": direct.tokens},
                 }
                 for ours, direct in encoding
             ],
@@ -214,34 +225,41 @@ def main(argv: list[str]) -> None:
     print(f"\nwrote {path}")
 
 
+def describe(run: Run) -> dict:
+    return {**asdict(run), "mb_per_sec": run.mb_per_sec, "cores_busy": run.cores_busy}
+
+
 def pipeline_table(runs: list[Run]) -> str:
-    single = {(r.corpus, r.tokenizer): r.mb_per_sec for r in runs if r.workers == 1}
+    one_worker = {(r.corpus, r.tokenizer): r for r in runs if r.workers == 1}
     rows = [
         [
-            f"{run.corpus} ({run.corpus_mb:,.0f} MB)",
+            f"{run.corpus} ({run.corpus_mb:.3g} MB)",
             run.tokenizer,
             run.workers,
             f"{run.mb_per_sec:.2f}",
-            _speedup(run, single),
+            f"{run.cores_busy:.2f}",
+            _speedup(run, one_worker.get((run.corpus, run.tokenizer))),
             f"{run.peak_rss_mb:,.0f}",
         ]
         for run in runs
     ]
-    headers = ["corpus", "tokenizer", "workers", "MB/s", "vs 1 worker", "peak RSS (MB)"]
+    headers = ["corpus", "tokenizer", "workers", "MB/s", "cores busy", "vs 1 worker", "peak RSS MB"]
     return "Pipeline (python -m data_prep --tokenizer char|bpe)\n\n" + format_table(headers, rows)
 
 
 def encoding_table(pairs: list[tuple[Run, Run]]) -> str:
-    single = {(o.corpus, o.tokenizer): o.mb_per_sec for o, _ in pairs if o.workers == 1}
+    """data_prep against tokenizers alone; scaling against tokenizers on one thread."""
+    one_thread = {(d.corpus, d.tokenizer): d for _, d in pairs if d.workers == 1}
     rows = [
         [
-            f"{ours.corpus} ({ours.corpus_mb:,.0f} MB)",
+            f"{ours.corpus} ({ours.corpus_mb:.3g} MB)",
             ours.tokenizer,
             ours.workers,
-            f"{ours.mb_per_sec:.2f}",
-            f"{direct.mb_per_sec:.2f}",
+            f"{ours.mb_per_sec:.2f} ({ours.cores_busy:.1f})",
+            f"{direct.mb_per_sec:.2f} ({direct.cores_busy:.1f})",
             f"{ours.mb_per_sec / direct.mb_per_sec:.0%}",
-            _speedup(ours, single),
+            _speedup(ours, one_thread.get((ours.corpus, ours.tokenizer))),
+            f"{ours.peak_rss_mb:,.0f}",
         ]
         for ours, direct in pairs
     ]
@@ -249,17 +267,17 @@ def encoding_table(pairs: list[tuple[Run, Run]]) -> str:
         "corpus",
         "tokenizer",
         "workers",
-        "data_prep MB/s",
-        "tokenizers MB/s",
+        "data_prep MB/s (cores busy)",
+        "tokenizers MB/s (cores busy)",
         "data_prep / tokenizers",
-        "data_prep vs 1 worker",
+        "data_prep vs tokenizers on 1 thread",
+        "data_prep peak RSS MB",
     ]
     return "Encoding with a given tokenizer.json\n\n" + format_table(headers, rows)
 
 
-def _speedup(run: Run, single: dict) -> str:
-    base = single.get((run.corpus, run.tokenizer))
-    return f"{run.mb_per_sec / base:.2f}x" if base and run.workers > 1 else ""
+def _speedup(run: Run, base: Run | None) -> str:
+    return f"{run.mb_per_sec / base.mb_per_sec:.2f}x" if base and run.workers > 1 else ""
 
 
 if __name__ == "__main__":
