@@ -29,13 +29,7 @@ GREEDY = SamplingSettings(temperature=0)
 UNICODE_TEXT = "Crème brûlée, s'il vous plaît. 日本語のテキスト。 Ünïcödé 🙂🎭 façade naïve. "
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shakespeare(chars: int = 20_000) -> str:

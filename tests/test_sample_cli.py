@@ -17,13 +17,7 @@ PROMPT = "ROMEO:"
 CHILD_ENV = {"PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}  # one thread: see one_thread
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_out_dir(path: Path, tokenizer, arch: str = "gpt") -> Path:

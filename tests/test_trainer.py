@@ -65,6 +65,16 @@ def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
             assert torch.equal(a[name], b[name]), name
 
 
+def accelerate_launch(machines: int, machine_rank: int, port: int) -> list[str]:
+    """``accelerate launch`` of 2 processes in all (gloo on CPU), over 1 or 2 "machines" on loopback."""
+    return [
+        "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", str(machines), "--machine_rank", str(machine_rank),
+        "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+    ]  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -191,19 +201,7 @@ def test_the_same_global_batch_trains_the_same_model_however_it_is_split(
             )
         ),
         run_python(
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--main_process_port",
-            str(free_port()),
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *accelerate_launch(machines=1, machine_rank=0, port=free_port()),
             *train_args(shakespeare_char, two_processes, *EQUIVALENCE, "train.batch_size=4"),
         ),
     ]
@@ -214,23 +212,7 @@ def test_the_same_global_batch_trains_the_same_model_however_it_is_split(
         subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "accelerate.commands.launch",
-                "--multi_gpu",
-                "--num_processes",
-                "2",
-                "--num_machines",
-                "2",
-                "--machine_rank",
-                str(rank),
-                "--main_process_ip",
-                "127.0.0.1",
-                "--main_process_port",
-                str(port),
-                "--mixed_precision",
-                "no",
-                "--dynamo_backend",
-                "no",
+                *accelerate_launch(machines=2, machine_rank=rank, port=port),
                 *train_args(shakespeare_char, two_machines, *EQUIVALENCE, "train.batch_size=4"),
             ],
             cwd=ROOT,
