@@ -63,7 +63,7 @@ class KVCache:
         """(new, length + new) booleans: a new token sees every cached position and itself.
 
         None for a single new token, the common case when generating: it sees every position, so
-        attention needs no mask, and leaving it out makes a decoding step about a third faster.
+        attention needs no mask, and leaving it out makes a decoding step 10-20% faster on a CPU.
         """
         if new_positions == 1:
             return None
