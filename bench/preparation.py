@@ -6,7 +6,8 @@
 The corpora are the bundled Shakespeare (1.1 MB) and generated ones of ``--sizes-mb`` megabytes: the
 bundled corpus's lines, shuffled again for every copy, written to a temporary folder and deleted
 afterwards. Every run is a fresh subprocess, timed from start to exit (so Python's start-up counts),
-and its peak resident memory is the kernel's ``ru_maxrss`` for that process (``os.wait4``).
+and its peak resident memory is the kernel's ``ru_maxrss`` for that process, taken by the small
+launcher :mod:`bench.rusage` (see there why not from this process).
 
 Two tables:
 
@@ -29,7 +30,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,24 +89,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def run_measured(command: list[str], env: dict[str, str] | None = None) -> Process:
-    """Run ``python COMMAND`` to its end and measure it."""
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, *command],
-        cwd=ROOT,
-        env={**os.environ, **OFFLINE, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    """Run ``python COMMAND`` to its end, under the small launcher :mod:`bench.rusage`."""
+    with tempfile.TemporaryDirectory() as temporary:
+        result_path = Path(temporary) / "rusage.json"
+        completed = subprocess.run(
+            [sys.executable, "-m", "bench.rusage", str(result_path), sys.executable, *command],
+            cwd=ROOT,
+            env={**os.environ, **OFFLINE, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        if completed.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stdout}")
+        usage = json.loads(result_path.read_text())
+    return Process(
+        usage["seconds"], usage["cpu_seconds"], usage["peak_rss_bytes"] / MB, completed.stdout
     )
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)  # the rusage of this child alone
-    seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{output}")
-    cpu_seconds = usage.ru_utime + usage.ru_stime
-    return Process(seconds, cpu_seconds, usage.ru_maxrss * 1024 / MB, output)  # maxrss: KiB
 
 
 def run_data_prep(corpus: Path, tokenizer: str, workers: int, out: Path) -> Run:

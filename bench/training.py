@@ -14,7 +14,8 @@ loss and norm read back. Both live in one process with the same threads, dtype a
 
 Timing alternates: after warm-up, each round times a window of steps of one, then of the other
 (the order flips every round), so a machine that speeds up or slows down (other jobs, clocks)
-affects both alike. The table reports median tokens/s, their ratio, and model FLOPs utilisation
+affects both alike. The table reports median tokens/s, the median and range of the rounds' speed
+ratios (each round's two windows are adjacent in time), and model FLOPs utilisation
 (MFU) against the device's peak: the data-sheet figure for a known GPU; otherwise the best of
 large-matmul measurements taken before and between the rounds.
 """
@@ -82,8 +83,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help="override the shape's batch size")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
-    parser.add_argument("--rounds", type=int, default=5, help="timed windows per contender")
-    parser.add_argument("--window", type=float, default=3.0, help="seconds per timed window")
+    parser.add_argument("--rounds", type=int, default=20, help="timed windows per contender")
+    parser.add_argument("--window", type=float, default=2.0, help="seconds per timed window")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per contender")
     parser.add_argument("--profile", action="store_true", help="print each step's top operators")
     parser.add_argument("--quick", action="store_true", help="a tiny shape and short windows")
@@ -231,6 +232,8 @@ def compare(trainer: Trainer, args: argparse.Namespace, peak: DevicePeak) -> dic
     tokens_per_sec = {
         name: tokens_per_step * steps / statistics.median(times) for name, times in seconds.items()
     }
+    pairs = zip(seconds["ours"], seconds["transformers"], strict=True)
+    round_ratios = [reference / ours for ours, reference in pairs]
     return {
         "model": trainer.model_config.model_dump(
             include={"n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias"}
@@ -241,7 +244,8 @@ def compare(trainer: Trainer, args: argparse.Namespace, peak: DevicePeak) -> dic
         "steps_per_window": steps,
         "window_seconds": seconds,
         "tokens_per_sec": tokens_per_sec,
-        "ratio": tokens_per_sec["ours"] / tokens_per_sec["transformers"],
+        "round_ratios": round_ratios,
+        "ratio": statistics.median(round_ratios),
     }
 
 
@@ -308,12 +312,20 @@ def training_table(results: dict, peak: float) -> str:
                 f"B={result['batch_size']})",
                 result["tokens_per_sec"]["ours"],
                 result["tokens_per_sec"]["transformers"],
-                f"{result['ratio']:.2f}x",
+                f"{result['ratio']:.2f}x ({min(result['round_ratios']):.2f}-"
+                f"{max(result['round_ratios']):.2f})",
                 f"{100 * result['mfu']['ours']:.1f}%",
                 f"{100 * result['mfu']['transformers']:.1f}%",
             ]
         )
-    headers = ["shape", "ours tok/s", "transformers tok/s", "ratio", "ours MFU", "transformers MFU"]
+    headers = [
+        "shape",
+        "ours tok/s",
+        "transformers tok/s",
+        "ratio (range)",
+        "ours MFU",
+        "transformers MFU",
+    ]
     return format_table(headers, rows) + f"\n\npeak: {peak / 1e9:,.1f} GFLOP/s"
 
 

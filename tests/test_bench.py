@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import math
+import statistics
 
 import pytest
 
@@ -46,9 +47,10 @@ def test_training_compares_identical_models(quick_run):
         assert tiny["tokens_per_sec"][name] > 0
         assert 0 < tiny["mfu"][name] < 1
         assert len(tiny["window_seconds"][name]) == 2  # two alternated rounds
-    assert tiny["ratio"] == pytest.approx(
-        tiny["tokens_per_sec"]["ours"] / tiny["tokens_per_sec"]["transformers"]
-    )
+    rounds = zip(tiny["window_seconds"]["ours"], tiny["window_seconds"]["transformers"])
+    round_ratios = [reference / ours for ours, reference in rounds]  # equal steps in each window
+    assert tiny["round_ratios"] == pytest.approx(round_ratios)
+    assert tiny["ratio"] == pytest.approx(statistics.median(round_ratios))
 
 
 def test_generation_times_both_paths_for_every_setting(quick_run):
@@ -65,7 +67,7 @@ def test_preparation_measures_both_tokenizers_and_worker_counts(quick_run):
     result = read("preparation")
     runs = {(r["tokenizer"], r["workers"]) for r in result["pipeline"]}
     assert runs == {("char", 1), ("char", 2), ("bpe", 1), ("bpe", 2)}
-    assert all(0 < r["peak_rss_mb"] < 2000 and r["mb_per_sec"] > 0 for r in result["pipeline"])
+    assert all(0 < r["peak_rss_mb"] < 500 and r["mb_per_sec"] > 0 for r in result["pipeline"])
     for pair in result["encoding"]:
         ours, direct = pair["data_prep"], pair["direct"]
         assert pair["ratio"] == pytest.approx(ours["mb_per_sec"] / direct["mb_per_sec"])
