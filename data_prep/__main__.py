@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=os.cpu_count() or 1,
         metavar="N",
-        help="threads that encode in parallel (default: all cores)",
+        help="cores that train the BPE tokenizer and encode (default: all of them)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace DIR if it is an earlier data_prep output"
@@ -136,6 +136,7 @@ def run(argv: list[str]) -> None:
         seed=args.seed,
         bpe_sample_mb=args.bpe_sample_mb,
         overwrite=args.overwrite,
+        num_proc=args.num_proc,
     )
     check_settings(settings)  # before a dataset is downloaded or converted; prepare checks again
     check_output_folder(settings.out, settings.overwrite)
@@ -173,9 +174,11 @@ def _check_dataset_flags(args: argparse.Namespace) -> None:
 
 
 def _use_threads(num_proc: int) -> None:
-    """Size the Rust thread pool that ``tokenizers`` encodes and trains with.
+    """Size the Rust thread pool that ``tokenizers`` trains BPE with.
 
-    It reads these variables when it first runs in a process, so they are set before any work.
+    Encoding runs one batch per worker thread (data_prep.prepare), and the pool caps those at
+    ``num_proc`` cores too. ``tokenizers`` reads these variables when it first runs in a process,
+    so they are set before any work.
     """
     os.environ["RAYON_NUM_THREADS"] = str(num_proc)
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if num_proc > 1 else "false"

@@ -4,10 +4,10 @@ Two streaming passes over the corpus. The first builds the tokenizer: the char v
 of the text; BPE trains on a bounded sample, the first ``bpe_sample_mb`` megabytes, which is plenty
 to learn merges and keeps that pass's time and memory bounded; a given ``tokenizer.json`` needs no
 pass. The second pass encodes the text in batches (about 1 MB, as 16 chunks) with
-``encode_batch_fast``, whose Rust threads share out a batch's chunks over every core, and appends
-each batch's ids to ``train.bin`` or ``val.bin``. Two worker threads encode while the next batch is
-read and the last is written. So memory holds a few batches at a time, whatever the size of the
-corpus.
+``encode_batch_fast`` and appends each batch's ids to ``train.bin`` or ``val.bin``. ``num_proc``
+worker threads encode one batch each at a time (in Rust, without Python's GIL) while the main
+thread reads the next batches and writes the finished ones. So memory holds a few batches at a
+time, whatever the size of the corpus, and ``num_proc`` cores do the encoding.
 
 Everything is written into a sibling folder ``OUT.tmp-<pid>`` that is renamed to ``OUT`` only when
 complete, so an interrupted run never leaves a folder the trainer would accept.
@@ -46,7 +46,6 @@ Corpus = FileCorpus | DatasetCorpus
 DEFAULT_BPE_VOCAB = 8192
 UINT16_MAX_VOCAB = 65535  # the project's contract: uint16 up to this vocabulary size, else uint32
 BATCH_CHARS = 16 * CHUNK_CHARS  # per encode_batch_fast call: work for many threads, bounded memory
-ENCODING_WORKERS = 2  # batches being encoded at once
 
 
 @dataclass(frozen=True)
@@ -60,6 +59,7 @@ class Settings:
     seed: int
     bpe_sample_mb: int
     overwrite: bool
+    num_proc: int = 1  # threads that encode, one batch each
 
 
 def prepare(corpus: Corpus, settings: Settings, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +172,8 @@ def write_token_files(
         bar = stack.enter_context(
             tqdm(total=corpus.total_bytes, desc="encoding", unit="B", unit_scale=True)
         )
-        for batch, encoded in _encode_ahead(_batches(pieces, BATCH_CHARS), tokenizer, dtype):
+        batches = _batches(pieces, BATCH_CHARS)
+        for batch, encoded in _encode_ahead(batches, tokenizer, dtype, settings.num_proc):
             for split, ids in encoded.items():
                 ids.tofile(files[split])
                 tokens[split] += len(ids)
@@ -202,19 +203,18 @@ def _batches(pieces: Iterable[Piece], max_chars: int) -> Iterator[list[Piece]]:
 
 
 def _encode_ahead(
-    batches: Iterable[list[Piece]], tokenizer: Tokenizer, dtype: str
+    batches: Iterable[list[Piece]], tokenizer: Tokenizer, dtype: str, num_workers: int
 ) -> Iterator[tuple[list[Piece], dict[str, np.ndarray]]]:
     """Each batch with its ids, in order, encoded by worker threads while the next is read.
 
-    ``encode_batch_fast`` releases the GIL, so while one worker's batch is in Rust, the other worker
-    turns its ids into arrays and the main thread reads, cuts and writes: the cores never wait on
-    Python. At most ``ENCODING_WORKERS + 1`` batches are in memory.
+    ``encode_batch_fast`` releases the GIL, so while the workers' batches are in Rust, the main
+    thread reads, cuts and writes. At most ``num_workers + 1`` batches are in memory.
     """
-    with ThreadPoolExecutor(max_workers=ENCODING_WORKERS) as workers:
+    with ThreadPoolExecutor(max_workers=num_workers) as workers:
         in_flight: deque[tuple[list[Piece], Future]] = deque()
         for batch in batches:
             in_flight.append((batch, workers.submit(_encode, batch, tokenizer, dtype)))
-            if len(in_flight) > ENCODING_WORKERS:
+            if len(in_flight) > num_workers:
                 done, future = in_flight.popleft()
                 yield done, future.result()
         for done, future in in_flight:
