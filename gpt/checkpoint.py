@@ -45,7 +45,16 @@ def save_model(path: str | Path, model: LanguageModel) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     metadata = {"model_config": model.config.model_dump_json()}
     safetensors.torch.save_model(model, str(temporary), metadata=metadata)
+    _use_default_permissions(temporary)
     os.replace(temporary, path)
+
+
+def _use_default_permissions(path: Path) -> None:
+    """safetensors creates files readable by their owner only; give this one the permissions any
+    new file gets (rw-r--r-- under the usual umask), so the weights can be shared like the rest."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def load_model(path: str | Path, config: ModelConfig | None = None) -> LanguageModel:

@@ -1,6 +1,8 @@
 """The three language models: shapes, causality, initialisation, training, KV cache, bookkeeping."""
 
 import math
+import os
+import stat
 
 import pytest
 import torch
@@ -257,3 +259,12 @@ def test_baselines_survive_saving_and_loading(tmp_path, arch):
     assert loaded.config == model.config
     tokens = random_tokens(2, BLOCK)
     torch.testing.assert_close(loaded(tokens)[0], model(tokens)[0], rtol=0, atol=0)
+
+
+def test_saved_weights_get_the_permissions_of_any_new_file(tmp_path):
+    old_umask = os.umask(0o027)
+    try:
+        save_model(tmp_path / "model.safetensors", make_model("gpt"))
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode) == 0o640
