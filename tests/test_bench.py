@@ -47,7 +47,9 @@ def test_training_compares_identical_models(quick_run):
         assert tiny["tokens_per_sec"][name] > 0
         assert 0 < tiny["mfu"][name] < 1
         assert len(tiny["window_seconds"][name]) == 2  # two alternated rounds
-    rounds = zip(tiny["window_seconds"]["ours"], tiny["window_seconds"]["transformers"])
+    rounds = zip(
+        tiny["window_seconds"]["ours"], tiny["window_seconds"]["transformers"], strict=True
+    )
     round_ratios = [reference / ours for ours, reference in rounds]  # equal steps in each window
     assert tiny["round_ratios"] == pytest.approx(round_ratios)
     assert tiny["ratio"] == pytest.approx(statistics.median(round_ratios))
