@@ -9,6 +9,9 @@ new tokens at batch 1 and 8. The last two run past ``block_size``, where the cac
 cache with the last half block once it is full (the sliding window of gpt/generate.py) and the
 recomputing path re-runs the last ``block_size`` tokens for every token. Each setting times the two
 paths alternately, ``--repeats`` times, and reports the median.
+
+A last row times a larger model, the "baby GPT" shape of bench.training (6 layers x 384, block 256),
+at batch 1 and 512 new tokens only, to show how the cache's gain grows with the model.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from gpt.model import build_model
 
 VOCAB_SIZE = 65  # the bundled corpus's characters
 PROMPT = list(range(16))
+LARGER_MODEL = ["model.n_layer=6", "model.n_head=6", "model.n_embd=384", "model.block_size=256"]
+LARGER_MODEL_SETTING = (512, 1)  # new tokens, batch size
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -50,6 +55,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             "model.block_size=32",
         ]
         args.tokens, args.batch_sizes, args.repeats = [16, 64], [1, 2], 1
+    args.larger_model = not args.quick
     return args
 
 
@@ -96,41 +102,56 @@ def measure(model: LanguageModel, new_tokens: int, batch_size: int, repeats: int
     }
 
 
+def build(config_path: str, overrides: list[str], device: str) -> LanguageModel:
+    config = load_config(config_path, [*overrides, f"model.vocab_size={VOCAB_SIZE}"]).model
+    torch.manual_seed(0)
+    return build_model(config).to(device)
+
+
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    config = load_config(args.config, [*args.overrides, f"model.vocab_size={VOCAB_SIZE}"]).model
-    torch.manual_seed(0)
-    model = build_model(config).to(args.device)
+    model = build(args.config, args.overrides, args.device)
     results = [
         measure(model, new_tokens, batch_size, args.repeats)
         for batch_size in args.batch_sizes
         for new_tokens in args.tokens
     ]
-    rows = [
-        [
-            result["batch_size"],
-            result["new_tokens"],
-            result["tokens_per_sec"]["cached"],
-            result["tokens_per_sec"]["recomputed"],
-            f"{result['speedup']:.1f}x",
-        ]
-        for result in results
-    ]
-    print(f"model: {config.n_layer}x{config.n_embd}, block_size {config.block_size}\n")
-    print(
-        format_table(["batch", "new tokens", "KV cache tok/s", "recompute tok/s", "speedup"], rows)
-    )
+    rows = [[shape_name(model), *result_row(result)] for result in results]
+    larger = None
+    if args.larger_model:
+        larger_model = build(args.config, LARGER_MODEL, args.device)
+        larger = measure(larger_model, *LARGER_MODEL_SETTING, args.repeats)
+        larger["model"] = larger_model.config.model_dump()
+        rows.append([shape_name(larger_model), *result_row(larger)])
+    headers = ["model", "batch", "new tokens", "KV cache tok/s", "recompute tok/s", "speedup"]
+    print(format_table(headers, rows))
     path = write_results(
         "generation",
         {
-            "model": config.model_dump(),
+            "model": model.config.model_dump(),
             "device": args.device,
             "torch_threads": torch.get_num_threads(),
             "results": results,
+            "larger_model": larger,
         },
         args.quick,
     )
     print(f"\nwrote {path}")
+
+
+def shape_name(model: LanguageModel) -> str:
+    config = model.config
+    return f"{config.n_layer}x{config.n_embd}, block {config.block_size}"
+
+
+def result_row(result: dict) -> list:
+    return [
+        result["batch_size"],
+        result["new_tokens"],
+        result["tokens_per_sec"]["cached"],
+        result["tokens_per_sec"]["recomputed"],
+        f"{result['speedup']:.1f}x",
+    ]
 
 
 if __name__ == "__main__":

@@ -33,7 +33,12 @@ def quick_run(tmp_path_factory):
 
 def test_every_benchmark_prints_its_table(quick_run):
     printed, _ = quick_run
-    for header in ["| shape |", "| batch | new tokens |", "| corpus | tokenizer |", "| config |"]:
+    for header in [
+        "| shape |",
+        "| model | batch | new tokens |",
+        "| corpus | tokenizer |",
+        "| config |",
+    ]:
         assert header in printed
 
 
