@@ -118,6 +118,8 @@ def save_checkpoint(accelerator: Accelerator, out_dir: Path, state: dict, keep: 
     accelerator.save_state(str(temporary), safe_serialization=True)
     if accelerator.is_main_process:
         (temporary / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+        for weights in temporary.glob("*.safetensors"):
+            _use_default_permissions(weights)
         _fsync_tree(temporary)
         if final.exists():  # the same step saved again after a resume: replace it
             shutil.rmtree(final)

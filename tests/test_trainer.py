@@ -153,6 +153,10 @@ def test_loss_falls_and_the_output_folder_is_complete(shakespeare_char, tmp_path
         "step_0000030",
         "step_0000060",
     ]
+    # weights get the permissions of any new file (safetensors alone makes them owner-only)
+    default_mode = (out / "config.yaml").stat().st_mode
+    for weights in [out / "model.safetensors", *out.glob("checkpoints/*/model.safetensors")]:
+        assert weights.stat().st_mode == default_mode, weights
 
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
