@@ -55,7 +55,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             "model.block_size=32",
         ]
         args.tokens, args.batch_sizes, args.repeats = [16, 64], [1, 2], 1
-    args.larger_model = not args.quick
     return args
 
 
@@ -118,7 +117,7 @@ def main(argv: list[str]) -> None:
     ]
     rows = [[shape_name(model), *result_row(result)] for result in results]
     larger = None
-    if args.larger_model:
+    if not args.quick:
         larger_model = build(args.config, LARGER_MODEL, args.device)
         larger = measure(larger_model, *LARGER_MODEL_SETTING, args.repeats)
         larger["model"] = larger_model.config.model_dump()

@@ -59,7 +59,7 @@ class Settings:
     seed: int
     bpe_sample_mb: int
     overwrite: bool
-    num_proc: int = 1  # threads that encode, one batch each
+    num_proc: int  # threads that encode, one batch each
 
 
 def prepare(corpus: Corpus, settings: Settings, arguments: dict[str, Any]) -> dict[str, Any]:
