@@ -42,6 +42,9 @@ class ModelConfig(Section):
     block_size: PositiveInt = Field(256, description="context length in tokens")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability, in [0, 1)")
     bias: bool = Field(True, description="biases in linear layers and LayerNorms")
+    activation: Literal["gelu", "gelu_tanh"] = Field(
+        "gelu", description="gelu (exact) | gelu_tanh (GPT-2's tanh approximation) (gpt)"
+    )
     init: Literal["xavier", "gpt2"] = Field("xavier", description="xavier | gpt2 (normal 0.02)")
     vocab_size: PositiveInt | None = Field(
         None, description="None: from the data's meta.json; larger values pad the vocabulary"
@@ -107,6 +110,9 @@ class TrainConfig(Section):
     compile: bool = Field(False, description="torch.compile the model")
     resume: str = Field("auto", description="auto | never | a checkpoint folder")
     cpu: bool = Field(False, description="train on the CPU even if a GPU is present")
+    init_from: str | None = Field(
+        None, description="a local Hugging Face GPT-2 folder to start from instead of random weights"
+    )
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 
     @model_validator(mode="after")

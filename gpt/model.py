@@ -10,10 +10,11 @@ The model, for a batch of token ids ``idx`` of shape (B, T)::
 
 The output head shares its matrix with the token embedding (weight tying, Press & Wolf, 2017).
 Attention runs through ``F.scaled_dot_product_attention``, which picks a fused or flash kernel
-where one is available. GELU is the exact one, x·Φ(x), rather than GPT-2's tanh approximation: the
-two differ by less than 1e-3 and a model trained from scratch does not care, but PyTorch's CPU
-kernel for the exact form is about 2.4 times faster, which makes the whole training step of the
-small CPU config several percent faster (bench/README.md).
+where one is available. GELU is by default the exact one, x·Φ(x), rather than GPT-2's tanh
+approximation: the two differ by less than 1e-3 and a model trained from scratch does not care, but
+PyTorch's CPU kernel for the exact form is about 2.4 times faster, which makes the whole training
+step of the small CPU config several percent faster (bench/README.md). ``model.activation:
+gelu_tanh`` selects the approximation, which pretrained GPT-2 weights need (gpt/gpt2.py).
 """
 
 from __future__ import annotations
@@ -108,9 +109,11 @@ class FeedForward(nn.Module):
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.residual_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.gelu_approximation = "tanh" if config.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.residual_proj(F.gelu(self.fc(x))))
+        hidden = F.gelu(self.fc(x), approximate=self.gelu_approximation)
+        return self.dropout(self.residual_proj(hidden))
 
 
 class Block(nn.Module):
