@@ -4,6 +4,7 @@ python -m data_prep --input data/tinyshakespeare.txt --tokenizer char --out data
 python -m data_prep --input 'corpus/**/*.txt' --tokenizer bpe --vocab-size 8192 --out data/corpus
 python -m data_prep --hf-dataset json --hf-data-files a.jsonl --tokenizer bpe --out data/a
 python -m data_prep --input new.txt --tokenizer data/corpus/tokenizer.json --out data/new
+python -m data_prep --input my.txt --tokenizer models/gpt2 --out data/my_gpt2
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="char",
         metavar="char|bpe|PATH",
         help="char: the corpus's characters; bpe: byte-level BPE trained on the corpus; or an "
-        "existing tokenizer.json (or a data folder holding one), to prepare more data for the "
-        "same model (default: char)",
+        "existing tokenizer.json, or a folder holding one (a data folder, to prepare more data "
+        "for the same model; a Hugging Face model folder such as a GPT-2 download, to fine-tune "
+        "it) (default: char)",
     )
     parser.add_argument(
         "--vocab-size",

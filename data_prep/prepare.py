@@ -133,6 +133,11 @@ def build_tokenizer(corpus: Corpus, settings: Settings) -> Tokenizer:
             settings.vocab_size or DEFAULT_BPE_VOCAB,
         )
     path = Path(settings.tokenizer)
+    if path.is_dir() and not (path / "tokenizer.json").is_file():
+        raise UserError(
+            f"--tokenizer {path}: the folder holds no tokenizer.json; give a data_prep folder or "
+            "a Hugging Face model folder (such as a GPT-2 download) that has one"
+        )
     return load_tokenizer(path / "tokenizer.json" if path.is_dir() else path)
 
 

@@ -43,6 +43,7 @@ from gpt.checkpoint import (
 from gpt.config import Config, TrainConfig
 from gpt.data import BatchSlice, TokenData
 from gpt.errors import UserError
+from gpt.gpt2 import load_gpt2, pretrained_model_config
 from gpt.model import build_model
 from gpt.throughput import peak_flops
 
@@ -111,9 +112,12 @@ class Trainer:
     def __init__(self, config: Config):
         self.config = config
         train = config.train
-        self.data = TokenData(config.data.dir, config.model.block_size)
-        self.model_config = config.model.model_copy(
-            update={"vocab_size": self._vocab_size(config.model.vocab_size)}
+        model_config = config.model
+        if train.init_from is not None:  # the pretrained weights fix the shape (gpt/gpt2.py)
+            model_config = pretrained_model_config(config.model, train.init_from, config.data.dir)
+        self.data = TokenData(config.data.dir, model_config.block_size)
+        self.model_config = model_config.model_copy(
+            update={"vocab_size": self._vocab_size(model_config.vocab_size)}
         )
         self.out_dir = Path(train.out_dir)
         wandb_mode = train.wandb.resolved_mode()
@@ -129,7 +133,10 @@ class Trainer:
         self.device = self.accelerator.device
         self.peak_flops = peak_flops(self.device, train.mixed_precision)
         set_seed(train.seed)
-        model = build_model(self.model_config)
+        if train.init_from is None:
+            model = build_model(self.model_config)
+        else:  # on resume, the checkpoint's weights replace these
+            model = load_gpt2(train.init_from, self.model_config)
         self.flops_per_token = model.flops_per_token()
         optimizer = torch.optim.AdamW(
             model.optimizer_groups(train.weight_decay),
