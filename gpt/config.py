@@ -111,7 +111,8 @@ class TrainConfig(Section):
     resume: str = Field("auto", description="auto | never | a checkpoint folder")
     cpu: bool = Field(False, description="train on the CPU even if a GPU is present")
     init_from: str | None = Field(
-        None, description="a local Hugging Face GPT-2 folder to start from instead of random weights"
+        None,
+        description="a local Hugging Face GPT-2 folder to start from instead of random weights",
     )
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 

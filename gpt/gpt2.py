@@ -1,7 +1,7 @@
 """GPT-2 weights in and out: a Hugging Face GPT-2 folder <-> this project's GPT.
 
-A Hugging Face GPT-2 folder, as ``huggingface-cli download gpt2 --local-dir models/gpt2`` or
-``save_pretrained`` leave it, holds ``config.json`` (``model_type: gpt2``), the weights in
+A Hugging Face GPT-2 folder, as ``hf download gpt2 --local-dir models/gpt2`` (``huggingface-cli
+download`` before huggingface_hub 1.0) or ``save_pretrained`` leave it, holds ``config.json`` (``model_type: gpt2``), the weights in
 ``model.safetensors`` (or in shards listed by ``model.safetensors.index.json``) and the tokenizer,
 ``tokenizer.json``. This module reads and writes such folders with ``json`` and ``safetensors``
 alone, so ``transformers`` is never needed to train from GPT-2 weights or to export a model.
@@ -82,6 +82,7 @@ _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c
 # Buffers, not weights: the causal masks that older transformers versions saved with the model.
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 _PREFIX = "transformer."
+_DOWNLOAD = "hf download gpt2 config.json model.safetensors tokenizer.json --local-dir"
 # config.json settings this GPT cannot express, with the value it needs (GPT2Config's defaults).
 _REQUIRED_SETTINGS = {
     "n_inner": None,
@@ -130,7 +131,7 @@ class GPT2Folder:
         contradictions = [
             f"model.{key}={_shown(getattr(configured, key))} (the weights have {_shown(value)})"
             for key, value in self.fixed.items()
-            if key in given and getattr(configured, key) != value
+            if key in given and getattr(configured, key) not in (value, None)  # None: automatic
         ]
         if contradictions:
             raise UserError(
@@ -199,15 +200,15 @@ class GPT2Folder:
                     f"({'; '.join(differences)}); download the folder again"
                 )
             for ours, theirs in expected.items():
-                tensor = _from_gpt2(theirs, stored[theirs](), model.config.block_size)
-                target = parameters[ours]
-                if tensor.shape != target.shape:
+                target, tensor = parameters[ours], stored[theirs]()
+                shape = _gpt2_shape(theirs, target, self.n_positions)
+                if list(tensor.shape) != shape:
                     raise UserError(
                         f"the weights in {self.path} do not match its {CONFIG_FILE}: {theirs} has "
-                        f"shape {list(stored[theirs]().shape)}, config.json implies "
-                        f"{_gpt2_shape(theirs, target, self.n_positions)}; download the folder again"
+                        f"shape {list(tensor.shape)}, config.json implies {shape}; download the "
+                        "folder again"
                     )
-                target.copy_(tensor)
+                target.copy_(_from_gpt2(theirs, tensor, model.config.block_size))
             if "lm_head.weight" in stored and not torch.equal(
                 stored["lm_head.weight"]().to(model.lm_head.weight.dtype), model.lm_head.weight
             ):
@@ -312,7 +313,7 @@ def _open_weights(path: Path) -> Iterator[dict[str, Any]]:
         has_pickle = (path / "pytorch_model.bin").is_file()
         raise UserError(
             f"{path} holds no {WEIGHTS_FILE}{pickled if has_pickle else ''}; download the "
-            f"safetensors weights too: huggingface-cli download MODEL --local-dir {path}"
+            f"safetensors weights: hf download MODEL model.safetensors --local-dir {path}"
         )
     with ExitStack() as stack:
         readers = {}
@@ -340,13 +341,13 @@ def _read_hf_config(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise UserError(
             f"GPT-2 folder {path} does not exist; download one on a machine with internet: "
-            f"huggingface-cli download gpt2 --local-dir {path}"
+            f"{_DOWNLOAD} {path}"
         )
     config_file = path / CONFIG_FILE
     if not config_file.is_file():
         raise UserError(
             f"{path} is not a Hugging Face model folder (no {CONFIG_FILE}); download one with "
-            f"huggingface-cli download gpt2 --local-dir {path}"
+            f"{_DOWNLOAD} {path}"
         )
     hf_config = _read_json(config_file)
     model_type = hf_config.get("model_type")

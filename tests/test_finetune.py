@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from gpt.checkpoint import save_model
+from gpt.cli import run_cli
 from gpt.config import ModelConfig
+from gpt.export import _main as export_main
 from gpt.model import build_model
 from gpt.tokenizer import load_tokenizer, train_char_tokenizer
 
@@ -158,9 +160,9 @@ FOLDER_DAMAGE = {
         lambda folder: (folder / "config.json").unlink(),
         "is not a Hugging Face model folder (no config.json)",
     ),
-    "no weights": (
-        lambda folder: (folder / "model.safetensors").unlink(),
-        "holds no model.safetensors",
+    "pickled weights only": (
+        lambda folder: (folder / "model.safetensors").rename(folder / "pytorch_model.bin"),
+        "holds no model.safetensors (pytorch_model.bin is a pickle, which this project never loads)",
     ),
     "another model type": (
         lambda folder: edit_config(folder, model_type="llama"),
@@ -267,37 +269,48 @@ def test_settings_the_weights_fix_may_be_repeated_in_the_config(
     assert result.returncode == 0, result.stderr
 
 
-# ----- export errors -----------------------------------------------------------------------------
+# ----- export errors (through the command line's function, in this process) ----------------------
 
 
-def test_the_baselines_are_not_exported(shakespeare_char, tmp_path):
+def export(capsys, *args: str) -> tuple[int, str]:
+    """``python -m gpt.export ARGS``: its exit code and its stderr."""
+    code = run_cli(export_main, list(args))
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_export_error(outcome: tuple[int, str], fragment: str) -> None:
+    code, stderr = outcome
+    assert code == 2 and stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert fragment in stderr
+
+
+def test_the_baselines_are_not_exported(capsys, shakespeare_char, tmp_path):
     run = tmp_path / "mlp"
     run.mkdir()
     model = build_model(ModelConfig(arch="mlp", n_layer=1, n_embd=16, vocab_size=65))
     save_model(run / "model.safetensors", model)
     shutil.copy(shakespeare_char / "tokenizer.json", run / "tokenizer.json")
-    result = run_python("-m", "gpt.export", str(run), "--to", "hf", str(tmp_path / "hf"))
-    assert_one_line_error(result, "model.arch=mlp baseline; only GPT models map onto GPT-2")
+    outcome = export(capsys, str(run), "--to", "hf", str(tmp_path / "hf"))
+    assert_one_line_export_error(outcome, "model.arch=mlp baseline; only GPT models map onto GPT-2")
     assert not (tmp_path / "hf").exists()
 
 
-def test_export_refuses_to_replace_anything_but_an_earlier_export(source_run, tmp_path):
+def test_export_refuses_to_replace_anything_but_an_earlier_export(capsys, source_run, tmp_path):
     target = tmp_path / "hf"
-    export = ["-m", "gpt.export", str(source_run), "--to", "hf", str(target)]
+    args = [str(source_run), "--to", "hf", str(target)]
     target.mkdir()  # an empty folder is fine
-    assert run_python(*export).returncode == 0
-    assert_one_line_error(run_python(*export), "already exists and is not empty; pass --overwrite")
+    assert export(capsys, *args)[0] == 0
+    outcome = export(capsys, *args)
+    assert_one_line_export_error(outcome, "already exists and is not empty; pass --overwrite")
     (target / "config.json").write_text("{}")  # damage the earlier export; --overwrite replaces it
-    assert run_python(*export, "--overwrite").returncode == 0
+    assert export(capsys, *args, "--overwrite")[0] == 0
     assert json.loads((target / "config.json").read_text())["model_type"] == "gpt2"
 
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    result = run_python(
-        "-m", "gpt.export", str(source_run), "--to", "hf", str(other), "--overwrite"
-    )
-    assert_one_line_error(result, "is not a model folder (no config.json)")
+    outcome = export(capsys, str(source_run), "--to", "hf", str(other), "--overwrite")
+    assert_one_line_export_error(outcome, "is not a model folder (no config.json)")
     assert (other / "keep.txt").read_text() == "mine"
 
 
@@ -308,16 +321,14 @@ def test_export_refuses_to_replace_anything_but_an_earlier_export(source_run, tm
         ([], "the following arguments are required: --to"),
     ],
 )
-def test_bad_export_arguments_are_one_line_errors(source_run, tmp_path, args, fragment):
-    result = run_python("-m", "gpt.export", str(source_run), str(tmp_path / "hf"), *args)
-    assert_one_line_error(result, fragment)
+def test_bad_export_arguments_are_one_line_errors(capsys, source_run, tmp_path, args, fragment):
+    outcome = export(capsys, str(source_run), str(tmp_path / "hf"), *args)
+    assert_one_line_export_error(outcome, fragment)
 
 
-def test_exporting_a_missing_run_is_a_one_line_error(tmp_path):
-    result = run_python(
-        "-m", "gpt.export", str(tmp_path / "nothing"), "--to", "hf", str(tmp_path / "hf")
-    )
-    assert_one_line_error(result, "does not exist")
+def test_exporting_a_missing_run_is_a_one_line_error(capsys, tmp_path):
+    outcome = export(capsys, str(tmp_path / "nothing"), "--to", "hf", str(tmp_path / "hf"))
+    assert_one_line_export_error(outcome, "does not exist")
 
 
 @pytest.mark.slow

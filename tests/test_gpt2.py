@@ -115,9 +115,10 @@ def test_imported_weights_give_the_logits_and_greedy_tokens_of_transformers(
 
 
 def test_a_smaller_block_size_crops_the_position_table(hf_folder):
-    model = load_gpt2(hf_folder, ModelConfig(block_size=16, dropout=0.1))
+    # vocab_size=None is the default written out (the vocabulary decides): no contradiction
+    model = load_gpt2(hf_folder, ModelConfig(block_size=16, dropout=0.1, vocab_size=None))
     assert model.block_size == 16 and model.position_embedding.weight.shape == (16, 32)
-    assert model.config.dropout == 0.1
+    assert (model.config.dropout, model.config.vocab_size) == (0.1, VOCAB)
     ids = random_ids(2, 16, VOCAB)
     expected = hf_logits(hf_model(hf_folder), ids)
     torch.testing.assert_close(our_logits(model, ids), expected, atol=TOLERANCE, rtol=0)
@@ -213,6 +214,15 @@ def test_exported_models_give_our_logits_and_greedy_text_in_transformers(tmp_pat
     prompt_length = inputs["input_ids"].shape[1]
     theirs = hf_tokenizer.decode(generated[0, prompt_length:], skip_special_tokens=True)
     assert theirs == ours and len(ours) > 0
+
+
+def test_a_padded_vocabulary_is_exported_with_its_padding_rows(tmp_path, bpe):
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=384)).eval()
+    exported = export_hf(trained_folder(tmp_path / "run", model, bpe), tmp_path / "hf")
+    ids = random_ids(2, 8, VOCAB)
+    logits = hf_logits(hf_model(exported), ids)
+    assert logits.shape[-1] == 384
+    torch.testing.assert_close(logits, our_logits(model, ids), atol=TOLERANCE, rtol=0)
 
 
 def test_export_then_import_gives_identical_logits(tmp_path, our_run):
