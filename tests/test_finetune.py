@@ -147,6 +147,23 @@ def test_a_finetuned_run_exports_again(finetuned, tmp_path):
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["n_positions"] == 32
 
 
+def test_export_and_finetuning_run_without_transformers(shakespeare_char, source_run, tmp_path):
+    """transformers is an optional extra: with its import made to fail, both commands still work."""
+    without_transformers = (
+        "import runpy, sys; sys.modules['transformers'] = None; "  # `import transformers` fails
+        "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    exported = tmp_path / "hf"
+    export_script = str(ROOT / "gpt" / "export.py")
+    result = run_python(
+        "-c", without_transformers, export_script, str(source_run), "--to", "hf", str(exported)
+    )
+    assert result.returncode == 0, result.stderr
+    args = finetune_args(shakespeare_char, exported, tmp_path / "run", "train.max_iters=1")
+    result = run_python("-c", without_transformers, *args, "train.warmup_iters=0")
+    assert result.returncode == 0, result.stderr
+
+
 # ----- every mismatch is one line and exit code 2 --------------------------------------------------
 
 
