@@ -142,8 +142,7 @@ def test_sample_py_continues_a_prompt_with_a_finetuned_model(finetuned):
 
 
 def test_a_finetuned_run_exports_again(finetuned, tmp_path):
-    result = run_python("-m", "gpt.export", str(finetuned), "--to", "hf", str(tmp_path / "hf"))
-    assert result.returncode == 0, result.stderr
+    assert run_cli(export_main, [str(finetuned), "--to", "hf", str(tmp_path / "hf")]) == 0
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["n_positions"] == 32
 
 
