@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from data_prep.__main__ import run as data_prep_run
 from gpt.checkpoint import save_model
 from gpt.cli import run_cli
 from gpt.config import ModelConfig
@@ -214,6 +215,16 @@ def test_a_damaged_gpt2_folder_is_a_one_line_error(damage, shakespeare_char, pre
     apply(folder)
     result = run_python(*finetune_args(shakespeare_char, folder, tmp_path / "run"))
     assert_one_line_error(result, fragment)
+
+
+def test_data_prep_names_a_folder_without_tokenizer_json(capsys, pretrained, tmp_path):
+    folder = shutil.copytree(pretrained, tmp_path / "gpt2")
+    (folder / "tokenizer.json").unlink()
+    args = ["--input", str(CORPUS), "--tokenizer", str(folder), "--out", str(tmp_path / "data")]
+    assert run_cli(data_prep_run, args) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert f"--tokenizer {folder}: the folder holds no tokenizer.json" in stderr
 
 
 @pytest.fixture(scope="module")
