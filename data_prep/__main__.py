@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a Hugging Face dataset: a Hub name, or a builder for local files (text, json, "
         "parquet, csv) with --hf-data-files; each row is one document",
     )
+    source.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="leave out files of --input folders and globs that match, from the right of their "
+        "path ('*.log', 'docs/*.md') or, without a slash, by a folder name ('build'); repeatable. "
+        "Hidden files, __pycache__ and binary files are left out anyway",
+    )
     source.add_argument("--hf-config", metavar="C", help="the dataset's configuration (subset)")
     source.add_argument(
         "--hf-split", default="train", metavar="SPLIT", help="the split to read (default: train)"
@@ -143,7 +152,7 @@ def run(argv: list[str]) -> None:
     check_settings(settings)  # before a dataset is downloaded or converted; prepare checks again
     check_output_folder(settings.out, settings.overwrite)
     corpus = (
-        FileCorpus(args.input)
+        FileCorpus(args.input, args.exclude)
         if args.input
         else DatasetCorpus(
             args.hf_dataset,
@@ -154,6 +163,8 @@ def run(argv: list[str]) -> None:
             args.streaming,
         )
     )
+    if isinstance(corpus, FileCorpus) and corpus.skipped_note():
+        print(corpus.skipped_note(), file=sys.stderr)
     recorded = {key: value for key, value in vars(args).items() if key not in ("out", "overwrite")}
     meta = prepare(corpus, settings, recorded)
     print(describe(meta, settings.out))
@@ -161,6 +172,8 @@ def run(argv: list[str]) -> None:
 
 def _check_dataset_flags(args: argparse.Namespace) -> None:
     if args.input is None:
+        if args.exclude:
+            raise UserError("--exclude only applies to --input, not to --hf-dataset")
         return
     given = [
         flag

@@ -116,15 +116,7 @@ def check_settings(settings: Settings) -> None:
 def build_tokenizer(corpus: Corpus, settings: Settings) -> Tokenizer:
     """The first pass: a char vocabulary from all the text, BPE from a sample, or a given file."""
     if settings.tokenizer == "char":
-        tokenizer = train_char_tokenizer(
-            _progress(_all_chunks(corpus), "char vocabulary", corpus.total_bytes)
-        )
-        if settings.vocab_size is not None and tokenizer.vocab_size > settings.vocab_size:
-            raise UserError(
-                f"--vocab-size {settings.vocab_size} is too small for the char tokenizer: the "
-                f"corpus has {tokenizer.vocab_size} distinct characters; raise it or leave it out"
-            )
-        return tokenizer
+        return build_char_tokenizer(corpus, settings.vocab_size)
     if settings.tokenizer == "bpe":
         sample = _first_bytes(_all_chunks(corpus), settings.bpe_sample_mb * 10**6)
         sample_total = min(corpus.total_bytes or 0, settings.bpe_sample_mb * 10**6) or None
@@ -139,6 +131,34 @@ def build_tokenizer(corpus: Corpus, settings: Settings) -> Tokenizer:
             "a Hugging Face model folder (such as a GPT-2 download) that has one"
         )
     return load_tokenizer(path / "tokenizer.json" if path.is_dir() else path)
+
+
+def build_char_tokenizer(corpus: Corpus, max_chars: int | None) -> Tokenizer:
+    """Every character of the corpus; with several documents, end-of-text to separate them.
+
+    A corpus of one document (a single file, say) gets no extra symbol: its vocabulary is exactly
+    its characters, as it always was.
+    """
+    chars, documents = _characters(corpus)
+    if max_chars is not None and len(chars) > max_chars:
+        raise UserError(
+            f"--vocab-size {max_chars} is too small for the char tokenizer: the "
+            f"corpus has {len(chars)} distinct characters; raise it or leave it out"
+        )
+    return train_char_tokenizer(chars, end_of_text=documents > 1)
+
+
+def _characters(corpus: Corpus) -> tuple[set[str], int]:
+    """The corpus's distinct characters and its number of documents, in one pass."""
+    chars: set[str] = set()
+    documents = 0
+    with tqdm(total=corpus.total_bytes, desc="char vocabulary", unit="B", unit_scale=True) as bar:
+        for document in corpus.documents():
+            documents += 1
+            for chunk in document.chunks():
+                chars.update(chunk)
+                bar.update(utf8_length(chunk))
+    return chars, documents
 
 
 def _all_chunks(corpus: Corpus) -> Iterator[str]:

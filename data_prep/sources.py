@@ -12,9 +12,10 @@ still round-trips exactly, only the BPE tokens at that cut may differ.
 from __future__ import annotations
 
 import codecs
+import fnmatch
 import glob
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +27,7 @@ CHUNK_CHARS = 1 << 16  # a chunk: about 64 kB of text
 READ_BYTES = 1 << 16  # how much of a file is read at a time
 _SAFE_CUT = re.compile(r"\S\n(?=\S)")  # a chunk may end just after this line break
 _GLOB_CHARACTERS = "*?["
+BINARY_PROBE_BYTES = 8192  # a file with a NUL byte in its first 8 KB is binary, as git decides
 
 
 def utf8_length(text: str) -> int:
@@ -120,10 +122,14 @@ Document = FileDocument | TextDocument
 
 
 class FileCorpus:
-    """The files named by ``--input``: one document each, in order, empty files skipped."""
+    """The files named by ``--input``: one document each, in order, empty files skipped.
 
-    def __init__(self, inputs: list[str]):
-        self.paths = find_input_files(inputs)
+    ``skipped`` holds the files that folders and globs yielded but that are not read, by reason
+    (see :func:`find_input_files`).
+    """
+
+    def __init__(self, inputs: list[str], exclude: Sequence[str] = ()):
+        self.paths, self.skipped = find_input_files(inputs, exclude)
         self.sources: list[Any] = [str(path) for path in self.paths]
         self.files = [FileDocument(path, path.stat().st_size) for path in self.paths]
         self.total_bytes: int | None = sum(file.size for file in self.files)
@@ -131,42 +137,108 @@ class FileCorpus:
     def documents(self) -> Iterator[Document]:
         return (file for file in self.files if file.size > 0)
 
+    def skipped_note(self) -> str | None:
+        """One line saying how many files were left out and why, or None if none were."""
+        if not self.skipped:
+            return None
+        reasons = ", ".join(
+            f"{len(paths)} {SKIP_REASONS[reason]} (e.g. {paths[0]})"
+            for reason, paths in self.skipped.items()
+        )
+        total = sum(len(paths) for paths in self.skipped.values())
+        return (
+            f"note: skipped {total} file(s) that are not text by design: {reasons}; "
+            "--exclude GLOB leaves out more, and a file named on its own is always read"
+        )
 
-def find_input_files(inputs: list[str]) -> list[Path]:
-    """Files, folders (every file below, hidden ones skipped) and globs; in order, each once."""
+
+SKIP_REASONS = {
+    "hidden": "hidden or in a hidden folder such as .git",
+    "pycache": "in __pycache__",
+    "excluded": "matching --exclude",
+    "binary": f"binary (a NUL byte in the first {BINARY_PROBE_BYTES // 1024} KB)",
+}
+
+
+def find_input_files(
+    inputs: list[str], exclude: Sequence[str] = ()
+) -> tuple[list[Path], dict[str, list[Path]]]:
+    """Files, folders and globs, in order, each once; and the files left out, by reason.
+
+    A file named on its own is read whatever it holds (and must be UTF-8 text). Of the files that
+    a folder or a glob yields, these are left out: hidden files and files in hidden folders (like
+    .git), files in ``__pycache__``, files matching an ``exclude`` pattern, and binary files, those
+    with a NUL byte in their first 8 KB (the test git uses; text almost never holds one).
+    """
     found: dict[Path, Path] = {}  # resolved path -> path as the user wrote it
+    skipped: dict[str, list[Path]] = {}
     for entry in inputs:
-        for path in _expand_input(entry):
-            found.setdefault(path.resolve(), path)
-    return list(found.values())
+        for path, reason in _expand_input(entry, exclude):
+            if reason is None:
+                found.setdefault(path.resolve(), path)
+            else:
+                skipped.setdefault(reason, []).append(path)
+    return list(found.values()), skipped
 
 
-def _expand_input(entry: str) -> list[Path]:
+def _expand_input(entry: str, exclude: Sequence[str]) -> list[tuple[Path, str | None]]:
+    """The files ``entry`` names, each with the reason it is skipped (None: read it)."""
     path = Path(entry)
     if path.is_file():
-        return [path]
+        return [(path, None)]
     if path.is_dir():
-        files = _files_below(path)
-        if not files:
-            raise UserError(f"--input folder {entry} holds no files; put text files in it")
+        files = [
+            (file, _skip_reason(file, file.relative_to(path).parts, exclude))
+            for file in _files_below(path)
+        ]
+        if not any(reason is None for _, reason in files):
+            raise UserError(
+                f"--input folder {entry} holds no text files"
+                + (f" ({len(files)} skipped: hidden, binary or excluded)" if files else "")
+                + "; put text files in it"
+            )
         return files
     if any(character in entry for character in _GLOB_CHARACTERS):
         files = []
-        for match in sorted(glob.glob(entry, recursive=True)):
-            files.extend(_files_below(Path(match)) if Path(match).is_dir() else [Path(match)])
-        if not files:
-            raise UserError(f"--input pattern {entry!r} matches no files; check the pattern")
+        for match in map(Path, sorted(glob.glob(entry, recursive=True))):
+            if match.is_dir():
+                below = _files_below(match)
+                files += [(f, _skip_reason(f, f.relative_to(match).parts, exclude)) for f in below]
+            else:  # glob itself leaves out hidden names unless the pattern spells them
+                files.append((match, _skip_reason(match, (), exclude)))
+        if not any(reason is None for _, reason in files):
+            raise UserError(f"--input pattern {entry!r} matches no text files; check the pattern")
         return files
     raise UserError(f"--input {entry} does not exist; check the path")
 
 
 def _files_below(folder: Path) -> list[Path]:
-    """Every file below ``folder``, sorted, leaving out hidden files and folders (like .git)."""
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    """Every file below ``folder``, sorted."""
+    return sorted(path for path in folder.rglob("*") if path.is_file())
+
+
+def _skip_reason(path: Path, parts: tuple[str, ...], exclude: Sequence[str]) -> str | None:
+    """Why a file found in a folder or by a glob is not read, or None. ``parts`` is its path below
+    the folder searched: hidden names count there only, so a corpus may live in a dot-folder."""
+    if any(part.startswith(".") for part in parts):
+        return "hidden"
+    if "__pycache__" in path.parts[:-1]:
+        return "pycache"
+    if _excluded(path, exclude):
+        return "excluded"
+    with open(path, "rb") as file:
+        if b"\0" in file.read(BINARY_PROBE_BYTES):
+            return "binary"
+    return None
+
+
+def _excluded(path: Path, patterns: Sequence[str]) -> bool:
+    """Whether ``path`` matches a pattern: from the right, as ``*.log`` or ``docs/*.md`` do, and
+    a pattern without a slash also against every folder on the path (``build``)."""
+    return any(
+        path.match(pattern)
+        or ("/" not in pattern and any(fnmatch.fnmatch(part, pattern) for part in path.parts[:-1]))
+        for pattern in patterns
     )
 
 

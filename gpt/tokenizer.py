@@ -1,7 +1,8 @@
 """Tokenizers: character-level or byte-level BPE, both one HF ``tokenizers`` file, ``tokenizer.json``.
 
 A character tokenizer is a ``WordLevel`` model whose vocabulary is the corpus's characters, sorted, with
-a pre-tokenizer that splits text into single code points. A BPE tokenizer is GPT-2-style byte-level
+a pre-tokenizer that splits text into single code points; a corpus of several documents adds
+``<|endoftext|>`` after them, the separator between documents. A BPE tokenizer is GPT-2-style byte-level
 BPE, so any Unicode text round-trips exactly, with ``<|endoftext|>`` between documents. Both are saved
 and loaded the same way, and :func:`load_tokenizer` is the one loader that data_prep, the trainer and
 the sampler share.
@@ -13,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import tokenizers
-from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
 
 from gpt.errors import UserError
 
@@ -49,6 +50,8 @@ class Tokenizer:
         """Characters a char tokenizer cannot encode (always empty for byte-level BPE)."""
         if self._vocab is None:
             return []
+        if self.eot_id is not None:  # the end-of-text token is known as a whole
+            text = text.replace(END_OF_TEXT, "")
         return sorted(set(text) - self._vocab.keys())
 
     def save(self, path: str | Path) -> None:
@@ -75,17 +78,25 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise UserError(f"{path} is not a valid tokenizer.json ({error})") from None
 
 
-def train_char_tokenizer(texts: Iterable[str]) -> Tokenizer:
-    """A character vocabulary: every character of ``texts``, sorted by code point."""
+def train_char_tokenizer(texts: Iterable[str], end_of_text: bool = False) -> Tokenizer:
+    """A character vocabulary: every character of ``texts``, sorted by code point.
+
+    ``end_of_text`` adds ``<|endoftext|>`` as the last id, a special token that separates
+    documents (and that sampling stops at); a corpus of one document needs none.
+    """
     chars: set[str] = set()
     for text in texts:
         chars.update(text)
     if not chars:
         raise UserError("the corpus is empty; give it some text")
     vocab = {char: index for index, char in enumerate(sorted(chars))}
+    if end_of_text:
+        vocab[END_OF_TEXT] = len(vocab)
     hf = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token=None))
     hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     hf.decoder = decoders.Fuse()
+    if end_of_text:  # matched whole, before the text is split into characters
+        hf.add_special_tokens([AddedToken(END_OF_TEXT, special=True)])
     return Tokenizer(hf)
 
 

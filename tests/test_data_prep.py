@@ -208,16 +208,56 @@ def test_folder_of_files(tmp_path):
     assert meta["documents"] == {"train": len(train), "val": len(val)}
 
 
+PNG_START = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"  # NUL bytes come early in a binary file
+
+
+def test_a_source_folder_is_read_for_its_text_only(tmp_path, capsys):
+    texts = make_folder(tmp_path / "corpus")
+    root = tmp_path / "corpus"
+    (root / "part0" / "__pycache__").mkdir()
+    (root / "part0" / "__pycache__" / "doc.cpython-311.pyc").write_bytes(b"\xa7\r\r\n" + bytes(12))
+    (root / "part1" / "logo.png").write_bytes(PNG_START + bytes(100))
+    write(root / "part1" / "run.log", "a log line\n")
+    write(root / "build" / "generated.txt", "generated text\n")
+    out = tmp_path / "out"
+    argv = ["--input", root, "--exclude", "*.log", "--exclude", "build", "--out", out]
+    assert prepare(*argv) == 0
+    read = [Path(source).relative_to(root).as_posix() for source in meta_of(out)["sources"]]
+    assert sorted(read) == sorted([*texts, "part0/empty.txt"])
+    (note,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert "skipped 6 file(s)" in note
+    assert "2 hidden" in note and "1 in __pycache__" in note and "1 binary" in note
+    assert "2 matching --exclude" in note and "logo.png" in note
+
+
+def test_a_text_file_in_a_folder_that_is_not_utf8_is_still_an_error(tmp_path, capsys):
+    make_folder(tmp_path / "corpus")
+    (tmp_path / "corpus" / "latin1.txt").write_bytes("café\n".encode("latin-1"))
+    assert prepare("--input", tmp_path / "corpus", "--out", tmp_path / "out") == 2
+    assert "latin1.txt is not UTF-8 text" in error_line(capsys)
+
+
+def test_char_documents_are_separated_by_end_of_text(tmp_path):
+    first = write(tmp_path / "a.txt", "hear me speak.")
+    second = write(tmp_path / "b.txt", "All:\nSpeak, speak.")
+    out = tmp_path / "out"
+    assert prepare("--input", first, second, "--val-fraction", "0.5", "--out", out) == 0
+    meta = meta_of(out)
+    tokenizer = load_tokenizer(out / "tokenizer.json")
+    assert tokenizer.kind == "char" and meta["eot_id"] == tokenizer.eot_id
+    assert tokenizer.hf.id_to_token(meta["eot_id"]) == END_OF_TEXT
+    assert meta["vocab_size"] == len(set(first.read_text() + second.read_text())) + 1
+    documents = documents_of(out, "train") + documents_of(out, "val")
+    assert sorted(documents) == sorted([first.read_text(), second.read_text()])
+
+
 def test_glob_input(tmp_path):
     texts = make_folder(tmp_path / "corpus")
     out = tmp_path / "out"
     assert prepare("--input", f"{tmp_path}/corpus/**/doc1.txt", "--out", out) == 0
     assert meta_of(out)["sources"] == [str(tmp_path / f"corpus/part{i}/doc1.txt") for i in range(3)]
-    tokenizer = load_tokenizer(out / "tokenizer.json")
-    all_ids = ids_of(out, "train").tolist() + ids_of(out, "val").tolist()
-    assert sorted(tokenizer.decode(all_ids)) == sorted(
-        "".join(texts[f"part{i}/doc1.txt"] for i in range(3))
-    )
+    documents = documents_of(out, "train") + documents_of(out, "val")
+    assert sorted(documents) == sorted(texts[f"part{i}/doc1.txt"] for i in range(3))
 
 
 ROWS = [f"row {i}: café ☕ {'x' * (i % 7)}\nsecond line" for i in range(40)]
@@ -419,9 +459,11 @@ def test_not_utf8_names_the_file_and_byte_offset(tmp_path, capsys):
     ("argv", "expected"),
     [
         (["--input", "no/such/file.txt"], "does not exist"),
-        (["--input", "no/such/*.txt"], "matches no files"),
+        (["--input", "no/such/*.txt"], "matches no text files"),
         (["--input", "{empty}"], "corpus is empty"),
-        (["--input", "{empty_folder}"], "holds no files"),
+        (["--input", "{empty_folder}"], "holds no text files"),
+        (["--input", "{binary_folder}"], "holds no text files (1 skipped"),
+        (["--hf-dataset", "json", "--exclude", "*.log"], "only applies to --input"),
         (["--input", CORPUS, "--tokenizer", "bpe", "--vocab-size", "100"], "257"),
         (["--input", CORPUS, "--tokenizer", "bpe", "--vocab-size", str(2**32)], "uint32"),
         (["--input", CORPUS, "--tokenizer", "char", "--vocab-size", "20"], "65 distinct"),
@@ -447,10 +489,13 @@ def test_not_utf8_names_the_file_and_byte_offset(tmp_path, capsys):
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, expected):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "empty_folder").mkdir()
+    (tmp_path / "binary_folder").mkdir()
+    (tmp_path / "binary_folder" / "image.png").write_bytes(PNG_START)
     (tmp_path / "rows.jsonl").write_text('{"text": "hello"}\n')
     names = {
         "{empty}": tmp_path / "empty.txt",
         "{empty_folder}": tmp_path / "empty_folder",
+        "{binary_folder}": tmp_path / "binary_folder",
         "{jsonl}": tmp_path / "rows.jsonl",
     }
     argv = [names.get(str(arg), arg) for arg in argv]

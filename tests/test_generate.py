@@ -36,8 +36,8 @@ def shakespeare(chars: int = 20_000) -> str:
     return CORPUS.read_text(encoding="utf-8")[:chars]
 
 
-def char_tokenizer() -> Tokenizer:
-    return train_char_tokenizer([shakespeare()])
+def char_tokenizer(end_of_text: bool = False) -> Tokenizer:
+    return train_char_tokenizer([shakespeare()], end_of_text)
 
 
 def bpe_tokenizer() -> Tokenizer:
@@ -277,8 +277,9 @@ def test_a_stop_string_split_over_tokens_is_found():
     assert "".join(pieces) == continuation.text == "To be,\nor not\n\n"
 
 
-def test_each_sample_stops_at_its_own_end_of_text_token():
-    tokenizer = bpe_tokenizer()
+@pytest.mark.parametrize("kind", ["bpe", "char"])
+def test_each_sample_stops_at_its_own_end_of_text_token(kind):
+    tokenizer = bpe_tokenizer() if kind == "bpe" else char_tokenizer(end_of_text=True)
     heads = tokenizer.encode("x")[0]
     model = CoinModel(tokenizer.vocab_size, heads=heads, tails=tokenizer.eot_id)
     pieces = list(generate_text(model, tokenizer, [heads], 60, num_samples=8, generator=seeded(0)))
@@ -319,6 +320,11 @@ def test_an_empty_prompt_starts_from_a_document_boundary():
     assert encode_prompt(bpe, "") == [bpe.eot_id]
     char = char_tokenizer()
     assert encode_prompt(char, "") == char.encode("\n")
+    separated = char_tokenizer(end_of_text=True)  # the vocabulary of several documents
+    assert encode_prompt(separated, "") == [separated.eot_id] == [char.vocab_size]
+    assert encode_prompt(separated, "A<|endoftext|>B") == separated.encode("A") + [
+        separated.eot_id
+    ] + separated.encode("B")
     with pytest.raises(UserError, match="no newline"):
         encode_prompt(train_char_tokenizer(["abc"]), "")
 
