@@ -123,16 +123,32 @@ class TrainConfig(Section):
                 f"train.min_lr ({self.min_lr}) must not exceed train.learning_rate "
                 f"({self.learning_rate})"
             )
-        if self.warmup_iters > self.decay_iters:
+        if self.lr_decay_iters is not None and self.warmup_iters > self.lr_decay_iters:
             raise ValueError(
-                f"train.warmup_iters ({self.warmup_iters}) must not exceed the decay end "
-                f"({self.decay_iters}); lower it or raise train.lr_decay_iters"
+                f"train.warmup_iters ({self.warmup_iters}) must not exceed "
+                f"train.lr_decay_iters ({self.lr_decay_iters}); lower one or raise the other"
             )
         return self
 
     @property
     def decay_iters(self) -> int:
         return self.lr_decay_iters or self.max_iters
+
+
+def fit_warmup_to_run(train: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """A warmup as long as the run or longer becomes a tenth of the run, with a note saying so.
+
+    That is what a short smoke run of a shipped config (``train.max_iters=20``) needs: without it
+    the whole run would be warmup. Returns the config to train with, and the note or None.
+    """
+    if train.warmup_iters < train.max_iters:
+        return train, None
+    shorter = train.max_iters // 10
+    note = (
+        f"note: train.warmup_iters={train.warmup_iters} is not shorter than the run "
+        f"(train.max_iters={train.max_iters}); warming up for {shorter} steps, a tenth of the run"
+    )
+    return train.model_copy(update={"warmup_iters": shorter}), note
 
 
 class Config(Section):

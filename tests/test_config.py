@@ -7,9 +7,10 @@ import yaml
 from accelerate.commands.config.config_args import ClusterConfig
 
 from gpt.cli import run_cli
-from gpt.config import Config, load_config
+from gpt.config import Config, fit_warmup_to_run, load_config
 from gpt.errors import UserError
 from gpt.train_cli import _main as train_main
+from gpt.trainer import learning_rate
 
 from .conftest import ROOT, run_python
 
@@ -79,6 +80,16 @@ def test_defaults_without_a_file():
     assert config.train.decay_iters == config.train.max_iters
 
 
+@pytest.mark.parametrize("config", ["shakespeare_char_cpu", "gpt2_124m", "mlp_baseline"])
+def test_a_warmup_longer_than_a_short_run_is_shortened_with_a_note(config):
+    train = load_config(ROOT / "configs" / f"{config}.yaml", ["train.max_iters=20"]).train
+    fitted, note = fit_warmup_to_run(train)
+    assert fitted.warmup_iters == 2 and f"warmup_iters={train.warmup_iters}" in note
+    assert fitted.model_copy(update={"warmup_iters": train.warmup_iters}) == train
+    assert learning_rate(19, fitted) < learning_rate(2, fitted) <= fitted.learning_rate  # decays
+    assert fit_warmup_to_run(fitted) == (fitted, None)  # a fitting warmup is left alone
+
+
 def test_resolved_config_round_trips_through_yaml(tmp_path):
     config = load_config(ROOT / "configs" / "gpt2_124m.yaml", ["train.seed=7"])
     file = tmp_path / "config.yaml"
@@ -107,6 +118,10 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
         (["model.arch=rnn"], "config key 'model.arch'"),
         (["train.mixed_precision=fp8"], "config key 'train.mixed_precision'"),
         (["train.min_lr=1.0"], "train.min_lr (1.0) must not exceed train.learning_rate"),
+        (
+            ["train.warmup_iters=50", "train.lr_decay_iters=40"],
+            "train.warmup_iters (50) must not exceed train.lr_decay_iters (40)",
+        ),
         (["model.n_layer"], "is not of the form section.key=value"),
         (["model.n_layer.deep=1"], "model.n_layer is a value, not a section"),
     ],
