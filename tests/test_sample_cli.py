@@ -187,6 +187,8 @@ def assert_user_error(code: int, out: str, err: str, *fragments: str) -> None:
         (["--stop", ""], "stop string is empty"),
         (["--prompt", "Roméo and Jüliet"], "2 character(s) the model's char tokenizer"),
         (["--prompt-file", "no/such/prompt.txt"], "cannot read --prompt-file"),
+        (["--max-new-tokens", "abc"], "invalid int value: 'abc'; see python sample.py --help"),
+        (["--device", "tpu"], "invalid choice: 'tpu'"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(capsys, char_out, args, fragment):
