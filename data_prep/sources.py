@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import glob
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -214,6 +215,8 @@ def _load_dataset(
 ) -> Any:
     import datasets  # slow to import; only needed here
 
+    if not sys.stderr.isatty():  # progress bars only on a terminal, as data_prep's own
+        datasets.disable_progress_bars()
     for pattern in data_files or []:
         if not glob.glob(pattern, recursive=True):
             raise UserError(f"--hf-data-files {pattern} does not exist; check the path")
