@@ -28,8 +28,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     config = load_config(args.config, args.overrides)
-    from gpt.trainer import train  # after validation: a config error costs no torch import
+    # imported after validation: a config error costs no torch import
+    from gpt.launch import check_launch
+    from gpt.trainer import train
 
+    check_launch(config.train)
     train(config)
     return 0
 
