@@ -174,7 +174,8 @@ def _files_below(folder: Path) -> list[Path]:
 class DatasetCorpus:
     """A Hugging Face dataset (from the Hub, or a local builder such as json or parquet).
 
-    Every row's ``text_column`` is one document; empty and null values are skipped.
+    Every row's ``text_column`` is one document; empty and null values are skipped, but counted:
+    a document is named by its row's 0-based index in the source, in the order the files are read.
     """
 
     def __init__(
@@ -186,7 +187,7 @@ class DatasetCorpus:
         text_column: str,
         streaming: bool,
     ):
-        self.name = name
+        self.name = f"{name} ({', '.join(data_files)})" if data_files else name
         self.text_column = text_column
         self.dataset = _load_dataset(name, config, split, data_files, streaming)
         _check_column(self.dataset, name, text_column)
@@ -202,11 +203,12 @@ class DatasetCorpus:
             for text in batch[self.text_column]:
                 if text is not None and not isinstance(text, str):
                     raise UserError(
-                        f"column {self.text_column!r} of {self.name} holds {type(text).__name__} "
-                        f"values, not text (row {row}); choose a text column with --text-column"
+                        f"{self.name} row {row} (0-based): column {self.text_column!r} holds "
+                        f"{type(text).__name__} values, not text; choose a text column with "
+                        "--text-column"
                     )
                 if text:
-                    yield TextDocument(f"{self.name} row {row}", text)
+                    yield TextDocument(f"{self.name} row {row} (0-based)", text)
                 row += 1
 
 
