@@ -24,19 +24,12 @@ from data_prep.prepare import (
     prepare,
 )
 from data_prep.sources import DatasetCorpus, FileCorpus
-from gpt.cli import run_cli
+from gpt.cli import ArgumentParser, run_cli
 from gpt.errors import UserError
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad command line is a one-line UserError like every other mistake."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"{message} (see python -m data_prep --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m data_prep",
         description="Tokenize a text corpus into DIR/tokenizer.json, DIR/train.bin, DIR/val.bin "
         "(flat token ids, uint16 or uint32) and DIR/meta.json, the folder that training reads.",

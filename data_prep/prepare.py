@@ -152,7 +152,10 @@ def _characters(corpus: Corpus) -> tuple[set[str], int]:
     """The corpus's distinct characters and its number of documents, in one pass."""
     chars: set[str] = set()
     documents = 0
-    with tqdm(total=corpus.total_bytes, desc="char vocabulary", unit="B", unit_scale=True) as bar:
+    bar = tqdm(
+        total=corpus.total_bytes, desc="char vocabulary", unit="B", unit_scale=True, disable=None
+    )
+    with bar:
         for document in corpus.documents():
             documents += 1
             for chunk in document.chunks():
@@ -176,8 +179,8 @@ def _first_bytes(chunks: Iterable[str], limit: int) -> Iterator[str]:
 
 
 def _progress(chunks: Iterable[str], description: str, total: int | None) -> Iterator[str]:
-    """Pass ``chunks`` through, showing the bytes done on a progress bar on stderr."""
-    with tqdm(total=total, desc=description, unit="B", unit_scale=True) as bar:
+    """Pass ``chunks`` through, showing the bytes done on a progress bar on stderr (a terminal)."""
+    with tqdm(total=total, desc=description, unit="B", unit_scale=True, disable=None) as bar:
         for chunk in chunks:
             yield chunk
             bar.update(utf8_length(chunk))
@@ -195,7 +198,7 @@ def write_token_files(
             split: stack.enter_context(open(folder / f"{split}.bin", "wb")) for split in SPLITS
         }
         bar = stack.enter_context(
-            tqdm(total=corpus.total_bytes, desc="encoding", unit="B", unit_scale=True)
+            tqdm(total=corpus.total_bytes, desc="encoding", unit="B", unit_scale=True, disable=None)
         )
         batches = _batches(pieces, BATCH_CHARS)
         for batch, encoded in _encode_ahead(batches, tokenizer, dtype, settings.num_proc):

@@ -15,6 +15,7 @@ import codecs
 import fnmatch
 import glob
 import re
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -245,7 +246,8 @@ def _excluded(path: Path, patterns: Sequence[str]) -> bool:
 class DatasetCorpus:
     """A Hugging Face dataset (from the Hub, or a local builder such as json or parquet).
 
-    Every row's ``text_column`` is one document; empty and null values are skipped.
+    Every row's ``text_column`` is one document; empty and null values are skipped, but counted:
+    a document is named by its row's 0-based index in the source, in the order the files are read.
     """
 
     def __init__(
@@ -257,7 +259,7 @@ class DatasetCorpus:
         text_column: str,
         streaming: bool,
     ):
-        self.name = name
+        self.name = f"{name} ({', '.join(data_files)})" if data_files else name
         self.text_column = text_column
         self.dataset = _load_dataset(name, config, split, data_files, streaming)
         _check_column(self.dataset, name, text_column)
@@ -273,11 +275,12 @@ class DatasetCorpus:
             for text in batch[self.text_column]:
                 if text is not None and not isinstance(text, str):
                     raise UserError(
-                        f"column {self.text_column!r} of {self.name} holds {type(text).__name__} "
-                        f"values, not text (row {row}); choose a text column with --text-column"
+                        f"{self.name} row {row} (0-based): column {self.text_column!r} holds "
+                        f"{type(text).__name__} values, not text; choose a text column with "
+                        "--text-column"
                     )
                 if text:
-                    yield TextDocument(f"{self.name} row {row}", text)
+                    yield TextDocument(f"{self.name} row {row} (0-based)", text)
                 row += 1
 
 
@@ -286,6 +289,8 @@ def _load_dataset(
 ) -> Any:
     import datasets  # slow to import; only needed here
 
+    if not sys.stderr.isatty():  # progress bars only on a terminal, as data_prep's own
+        datasets.disable_progress_bars()
     for pattern in data_files or []:
         if not glob.glob(pattern, recursive=True):
             raise UserError(f"--hf-data-files {pattern} does not exist; check the path")

@@ -100,7 +100,14 @@ def load_trained(
             f"{tokenizer_path} is missing: the training output folder is incomplete; copy the "
             "tokenizer.json of the data the model was trained on there"
         )
-    return model.to(device).eval(), load_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path)
+    if tokenizer.vocab_size > model.config.vocab_size:  # a padded, larger model vocabulary is fine
+        raise UserError(
+            f"{tokenizer_path} has {tokenizer.vocab_size} tokens but the model has a vocabulary of "
+            f"{model.config.vocab_size}: it is not the tokenizer the weights were trained with; "
+            "copy the tokenizer.json of the data the model was trained on there"
+        )
+    return model.to(device).eval(), tokenizer
 
 
 def save_checkpoint(accelerator: Accelerator, out_dir: Path, state: dict, keep: int) -> Path:

@@ -107,6 +107,7 @@ class TrainConfig(Section):
     )
     seed: int = Field(1337, ge=0, description="seeds weights, dropout and the sample order")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="no | bf16 | fp16")
+    tf32: bool = Field(True, description="fp32 matrix products on GPU use TF32 tensor cores")
     compile: bool = Field(False, description="torch.compile the model")
     resume: str = Field("auto", description="auto | never | a checkpoint folder")
     cpu: bool = Field(False, description="train on the CPU even if a GPU is present")

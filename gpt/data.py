@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from gpt.errors import UserError
+from gpt.tokenizer import load_tokenizer
 
 SPLITS = ("train", "val")
 _EVAL_STREAM = 2**31 - 1  # keeps the evaluation windows apart from every training step's
@@ -43,13 +44,19 @@ class TokenStream:
     """One split (``train`` or ``val``) as a read-only memory map of token ids."""
 
     def __init__(self, path: Path, dtype: str, block_size: int):
-        self.tokens = np.memmap(path, dtype=dtype, mode="r")
-        self.block_size = block_size
-        if len(self.tokens) <= block_size:
+        num_tokens, remainder = divmod(path.stat().st_size, np.dtype(dtype).itemsize)
+        if remainder:
             raise UserError(
-                f"{path} holds {len(self.tokens)} tokens, too few for windows of "
+                f"{path} is not a whole number of {dtype} token ids: it was cut short; "
+                "run data_prep again"
+            )
+        if num_tokens <= block_size:
+            raise UserError(
+                f"{path} holds {num_tokens} tokens, too few for windows of "
                 f"model.block_size={block_size}; use more data or a smaller block_size"
             )
+        self.tokens = np.memmap(path, dtype=dtype, mode="r")
+        self.block_size = block_size
 
     def batch(self, seed: int, key: int, part: BatchSlice) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and next-token targets for the ``part`` of the global batch keyed by ``key``."""
@@ -104,7 +111,27 @@ def read_meta(directory: Path) -> dict:
         )
     try:
         meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
-        _ = meta["vocab_size"], meta["dtype"]
-    except (ValueError, KeyError):
-        raise UserError(f"{directory / 'meta.json'} is damaged; run data_prep again") from None
+    except ValueError:
+        meta = None
+    problem = _meta_problem(meta)
+    if problem:
+        raise UserError(f"{directory / 'meta.json'} is damaged ({problem}); run data_prep again")
+    vocab_size = load_tokenizer(directory / "tokenizer.json").vocab_size
+    if vocab_size != meta["vocab_size"]:
+        raise UserError(
+            f"{directory / 'tokenizer.json'} has {vocab_size} tokens but meta.json says "
+            f"{meta['vocab_size']}: they come from different data_prep runs; run data_prep again"
+        )
     return meta
+
+
+def _meta_problem(meta: object) -> str | None:
+    """What is wrong with a parsed meta.json, or None."""
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    vocab_size, dtype = meta.get("vocab_size"), meta.get("dtype")
+    if not isinstance(vocab_size, int) or vocab_size < 1:
+        return f"vocab_size {vocab_size!r} is not a positive whole number"
+    if dtype not in ("uint16", "uint32"):
+        return f"dtype {dtype!r} is neither uint16 nor uint32"
+    return None

@@ -23,21 +23,14 @@ from pathlib import Path
 from typing import NoReturn
 
 from gpt.checkpoint import load_trained
-from gpt.cli import run_cli
+from gpt.cli import ArgumentParser, run_cli
 from gpt.errors import UserError
 from gpt.gpt2 import CONFIG_FILE, save_gpt2
 from gpt.model import GPT
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad command line is a one-line UserError like every other mistake."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"{message} (see python -m gpt.export --help)")
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = _ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m gpt.export",
         description="Export a GPT trained by train.py as a Hugging Face GPT-2 folder that "
         "transformers' AutoModelForCausalLM and AutoTokenizer load offline.",

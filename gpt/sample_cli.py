@@ -7,27 +7,23 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from gpt.checkpoint import load_trained
-from gpt.cli import run_cli
+from gpt.cli import ArgumentParser, run_cli
 from gpt.errors import UserError
-from gpt.generate import (
-    SamplingSettings,
-    TextPiece,
-    check_lengths,
-    encode_prompt,
-    generate_text,
-)
+
+if TYPE_CHECKING:  # imported where used: a bad command line costs no torch import
+    import torch
+
+    from gpt.generate import TextPiece
 
 SEPARATOR = "\n---\n"  # between samples: a line holding only ---
 INTERRUPTED_EXIT_CODE = 130  # the shell's code for Ctrl-C
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="sample.py",
+    parser = ArgumentParser(
+        prog="python sample.py",
         description="Sample text from a model trained by train.py. Each sample is printed as the "
         "prompt followed by its continuation; several samples are separated by a line '---'. A "
         "sample ends after --max-new-tokens tokens, at the end-of-text token, or after a --stop "
@@ -114,6 +110,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def _main(argv: list[str]) -> int:
     args = parse_args(argv)
+    import torch
+
+    from gpt.checkpoint import load_trained
+    from gpt.generate import SamplingSettings, check_lengths, encode_prompt, generate_text
+
     settings = SamplingSettings(args.temperature, args.top_k, args.top_p)
     check_lengths(args.max_new_tokens, args.num_samples)
     prompt = read_prompt(args.prompt, args.prompt_file)
@@ -180,6 +181,8 @@ def read_prompt(prompt: str, prompt_file: str | None) -> str:
 
 def resolve_device(name: str) -> torch.device:
     """``auto``: cuda if available, else mps if available, else cpu."""
+    import torch
+
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if name == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")

@@ -75,7 +75,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     try:
         return Tokenizer(tokenizers.Tokenizer.from_file(str(path)))
     except Exception as error:  # tokenizers raises plain Exception on malformed files
-        raise UserError(f"{path} is not a valid tokenizer.json ({error})") from None
+        raise UserError(
+            f"{path} is not a valid tokenizer.json ({error}); use the one data_prep wrote"
+        ) from None
 
 
 def train_char_tokenizer(texts: Iterable[str], end_of_text: bool = False) -> Tokenizer:

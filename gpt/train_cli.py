@@ -3,13 +3,13 @@
 import argparse
 import sys
 
-from gpt.cli import run_cli
+from gpt.cli import ArgumentParser, run_cli
 from gpt.config import load_config
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="train.py",
+    parser = ArgumentParser(
+        prog="python train.py",
         description="Train a GPT (or an MLP/CNN baseline) on a data_prep folder. Runs on one device "
         "as is, and on several GPUs or machines under `accelerate launch`.",
         epilog="example: python train.py configs/shakespeare_char_cpu.yaml model.n_layer=4 "
@@ -28,8 +28,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     config = load_config(args.config, args.overrides)
-    from gpt.trainer import train  # after validation: a config error costs no torch import
+    # imported after validation: a config error costs no torch import
+    from gpt.launch import check_launch
+    from gpt.trainer import train
 
+    check_launch(config.train)
     train(config)
     return 0
 

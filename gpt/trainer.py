@@ -45,7 +45,7 @@ from gpt.data import BatchSlice, TokenData
 from gpt.errors import UserError
 from gpt.gpt2 import load_gpt2, pretrained_model_config
 from gpt.model import build_model
-from gpt.throughput import peak_flops
+from gpt.throughput import peak_flops, use_tf32
 
 # accelerate warns at every checkpoint that it saved the tied embedding and head once; that is the
 # intended behaviour (loading re-ties them), so the warning is noise.
@@ -131,6 +131,7 @@ class Trainer:
             project_dir=str(self.out_dir),
         )
         self.device = self.accelerator.device
+        use_tf32(train.tf32)
         self.peak_flops = peak_flops(self.device, train.mixed_precision)
         set_seed(train.seed)
         if train.init_from is None:

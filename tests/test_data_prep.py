@@ -522,3 +522,45 @@ def test_command_line_entry_point(tmp_path):
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: --input {tmp_path / 'missing.txt'} does not exist; check the path"
     ]
+
+
+# --- row numbers of dataset rows ------------------------------------------------------------------
+
+ROWS_BEFORE_THE_BAD_ONE = ["First Citizen:\n", "", None, "Before we proceed\n", None, ""]
+
+
+def write_rows(path: Path, texts: list) -> Path:
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": texts}), path)
+    else:
+        path.write_text("\n".join(json.dumps({"text": text}) for text in texts) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(("builder", "suffix"), [("json", ".jsonl"), ("parquet", ".parquet")])
+@pytest.mark.parametrize("streaming", [[], ["--streaming"]])
+def test_a_bad_row_is_named_by_its_row_in_the_source(tmp_path, capsys, builder, suffix, streaming):
+    """Empty and null rows are skipped as documents but still counted: row 6 is the seventh row."""
+    vocabulary = tmp_path / "vocabulary"
+    assert (
+        prepare(
+            "--input", write(tmp_path / "a.txt", CORPUS.read_text()[:5000]), "--out", vocabulary
+        )
+        == 0
+    )
+    rows = write_rows(tmp_path / f"rows{suffix}", [*ROWS_BEFORE_THE_BAD_ONE, "Café\n", "fine\n"])
+    argv = ["--hf-dataset", builder, "--hf-data-files", rows, *streaming, "--tokenizer", vocabulary]
+    assert prepare(*argv, "--out", tmp_path / "out") == 2
+    message = error_line(capsys)
+    assert f"{builder} ({rows}) row 6 (0-based)" in message and "'é'" in message
+
+
+def test_a_value_that_is_not_text_is_named_by_its_row(tmp_path, capsys):
+    rows = write_rows(tmp_path / "rows.jsonl", ["First Citizen:\n", None, "", 7, "more\n"])
+    argv = ["--hf-dataset", "json", "--hf-data-files", rows, "--out", tmp_path / "out"]
+    assert prepare(*argv) == 2
+    message = error_line(capsys)
+    assert "holds int values" in message and "row 3 (0-based)" in message

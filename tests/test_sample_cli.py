@@ -187,6 +187,8 @@ def assert_user_error(code: int, out: str, err: str, *fragments: str) -> None:
         (["--stop", ""], "stop string is empty"),
         (["--prompt", "Roméo and Jüliet"], "2 character(s) the model's char tokenizer"),
         (["--prompt-file", "no/such/prompt.txt"], "cannot read --prompt-file"),
+        (["--max-new-tokens", "abc"], "invalid int value: 'abc'; see python sample.py --help"),
+        (["--device", "tpu"], "invalid choice: 'tpu'"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(capsys, char_out, args, fragment):
@@ -286,3 +288,24 @@ def test_a_checkpoint_with_a_damaged_trainer_state_is_a_user_error(capsys, tmp_p
     (checkpoint / "trainer_state.json").write_text('{"step": 1}')
     code, out, err = sample(capsys, "--checkpoint", str(checkpoint))
     assert_user_error(code, out, err, "holds no valid model config")
+
+
+@pytest.mark.parametrize("prompt", [[], ["--prompt", "RO"]])
+def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused(capsys, tmp_path, prompt):
+    """What a refused resume with another data folder's tokenizer can leave behind."""
+    out_dir = write_out_dir(tmp_path / "out", char_tokenizer())
+    bpe_tokenizer().save(out_dir / "tokenizer.json")  # 400 tokens, for a model of 58
+    code, out, err = sample(capsys, "--checkpoint", str(out_dir), *prompt, "--max-new-tokens", "5")
+    vocab = char_tokenizer().vocab_size
+    assert_user_error(code, out, err, "has 400 tokens", f"vocabulary of {vocab}")
+
+
+def test_a_padded_model_vocabulary_samples_with_the_smaller_tokenizer(capsys, tmp_path):
+    tokenizer = char_tokenizer()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    save_model(out_dir / "model.safetensors", tiny_model(tokenizer.vocab_size + 6))
+    tokenizer.save(out_dir / "tokenizer.json")
+    code, out, err = sample(capsys, "--checkpoint", str(out_dir), "--prompt", PROMPT, "--seed", "1")
+    assert code == 0, err
+    assert continuations(out)

@@ -1,0 +1,266 @@
+"""The shipped ``accelerate launch`` configs start the processes they promise.
+
+Each config is read by accelerate's own launch parser (which launcher, how many processes) and, where
+this machine allows, launched for real with tests/launch_probe.py, which reports the distributed
+type and the process count each process sees. On a machine without GPUs the GPU configs are launched
+with ``--num_processes 2``, which accelerate runs as two CPU processes over gloo; their real GPU
+launches need at least two GPUs and are skipped elsewhere. Launches the trainer must refuse on this
+machine (FSDP on CPUs, several processes asked of the single-process launcher) are launched with
+train.py itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from tests.test_trainer import free_port, train_args
+
+CONFIGS = ROOT / "configs" / "accelerate"
+PROBE = "tests/launch_probe.py"
+ENV = {"OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
+GPUS = torch.cuda.device_count()
+needs_no_gpu = pytest.mark.skipif(
+    GPUS > 0, reason="shows the CPU fallback of a machine without GPUs"
+)
+
+
+def needs_two_gpus(test):
+    return pytest.mark.gpu(pytest.mark.skipif(GPUS < 2, reason="needs 2 CUDA GPUs")(test))
+
+
+def launch(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """``accelerate launch ARGS`` in the background, its output captured as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **ENV, **(env or {})},
+    )
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str, str]:
+    stdout, stderr = process.communicate(timeout=300)
+    return process.returncode, stdout, stderr
+
+
+def probe_reports(*args: str, probe_args: tuple[str, ...] = ()) -> list[dict]:
+    """Launch the probe; return what each process reported, ordered by process index."""
+    code, stdout, stderr = finish(launch(*args, PROBE, *probe_args))
+    assert code == 0, stderr[-3000:]
+    return reports_in(stdout)
+
+
+def reports_in(stdout: str) -> list[dict]:
+    lines = stdout.splitlines()
+    assert all(line.startswith("probe ") for line in lines), stdout
+    reports = [json.loads(line.removeprefix("probe ")) for line in lines]
+    return sorted(reports, key=lambda report: report["process"])
+
+
+def parsed(*flags: str):
+    """What ``accelerate launch FLAGS train.py`` would do, from accelerate's own parser and checks."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    args = launch_command_parser().parse_args([*flags, "train.py"])
+    return _validate_launch_command(args)[0]
+
+
+def config(name: str) -> str:
+    return str(CONFIGS / name)
+
+
+# ----- what accelerate makes of each config --------------------------------------------------------
+
+
+def test_every_shipped_config_is_tested_here():
+    assert sorted(path.name for path in CONFIGS.glob("*.yaml")) == [
+        "cpu_ddp_2proc.yaml", "fsdp.yaml", "multi_gpu.yaml", "multi_node.yaml",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "launcher", "processes", "machines"),
+    [
+        ("cpu_ddp_2proc.yaml", "multi_gpu", 2, 1),  # torchrun's launcher: it starts the processes
+        ("multi_gpu.yaml", "multi_gpu", 8, 1),
+        ("fsdp.yaml", "use_fsdp", 8, 1),
+        ("multi_node.yaml", "multi_gpu", 16, 2),
+    ],
+)
+def test_accelerate_reads_each_config_as_promised(name, launcher, processes, machines):
+    args = parsed("--config_file", config(name))
+    assert getattr(args, launcher) is True
+    assert (args.num_processes, args.num_machines) == (processes, machines)
+
+
+# ----- real launches on this machine --------------------------------------------------------------
+
+
+def test_the_cpu_config_starts_two_gloo_processes_without_gpus(tmp_path):
+    environment = tmp_path / "environment.json"
+    reports = probe_reports(
+        "--config_file", config("cpu_ddp_2proc.yaml"), "--main_process_port", "0",
+        probe_args=("--env", str(environment)),
+    )  # fmt: skip
+    assert reports == [
+        {"distributed_type": "MULTI_CPU", "process": rank, "processes": 2} for rank in (0, 1)
+    ]
+    # CUDA shows the devices listed before the first invalid index: here none
+    visible = json.loads(environment.read_text())["CUDA_VISIBLE_DEVICES"]
+    assert visible.split(",")[0] == "-1"
+
+
+@needs_no_gpu
+@pytest.mark.parametrize("name", ["multi_gpu.yaml", "fsdp.yaml"])
+def test_a_gpu_config_with_two_processes_falls_back_to_gloo_on_cpus(name):
+    reports = probe_reports(
+        "--config_file", config(name), "--num_processes", "2", "--main_process_port", "0"
+    )
+    assert reports == [
+        {"distributed_type": "MULTI_CPU", "process": rank, "processes": 2} for rank in (0, 1)
+    ]
+
+
+@needs_no_gpu
+def test_the_multi_node_config_joins_two_machines_over_loopback():
+    port = str(free_port())
+    machines = [
+        launch(
+            "--config_file",
+            config("multi_node.yaml"),
+            "--num_processes",
+            "2",
+            "--machine_rank",
+            str(rank),
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            port,
+            PROBE,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    reports = []
+    for machine in machines:
+        code, stdout, stderr = finish(machine)
+        assert code == 0, stderr[-3000:]
+        reports += reports_in(stdout)
+    assert reports == [
+        {"distributed_type": "MULTI_CPU", "process": rank, "processes": 2} for rank in (0, 1)
+    ]
+
+
+@pytest.mark.slow
+def test_train_py_runs_as_two_processes_under_the_cpu_config(shakespeare_char, tmp_path):
+    out = tmp_path / "out"
+    overrides = ("train.max_iters=4", "train.warmup_iters=2", "train.eval_interval=4")
+    code, _, stderr = finish(
+        launch(
+            "--config_file",
+            config("cpu_ddp_2proc.yaml"),
+            "--main_process_port",
+            "0",
+            *train_args(shakespeare_char, out, *overrides),
+        )  # fmt: skip
+    )
+    assert code == 0, stderr[-3000:]
+    (checkpoint,) = (out / "checkpoints").iterdir()
+    # accelerate saves the random number generators of every process: one file each
+    assert sorted(path.name for path in checkpoint.glob("random_states_*")) == [
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]
+
+
+@needs_no_gpu
+@pytest.mark.parametrize(
+    ("flags", "processes", "fragment"),
+    [
+        (("--config_file", config("fsdp.yaml"), "--num_processes", "2"), 2, "FSDP"),
+        (("--num_processes", "2", "--mixed_precision", "no"), 1, "one process"),
+    ],
+    ids=["fsdp on cpus", "--num_processes without --multi_gpu"],
+)
+def test_a_launch_that_would_not_do_what_it_says_is_refused(
+    shakespeare_char, tmp_path, flags, processes, fragment
+):
+    out = tmp_path / "out"
+    code, stdout, stderr = finish(
+        launch(*flags, "--main_process_port", "0", *train_args(shakespeare_char, out))
+    )
+    assert code != 0  # accelerate's launcher turns the processes' exit code 2 into its own
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == processes and len(set(errors)) == 1, stderr
+    assert fragment in errors[0]
+    assert 'File "' + str(ROOT / "gpt") not in stderr  # no traceback from our code
+    assert not out.exists()
+
+
+# ----- real launches on GPUs -----------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPUS < 1, reason="needs a CUDA GPU")
+def test_the_cpu_config_stays_on_the_cpu_where_there_are_gpus():
+    reports = probe_reports(
+        "--config_file", config("cpu_ddp_2proc.yaml"), "--main_process_port", "0"
+    )
+    assert reports == [
+        {"distributed_type": "MULTI_CPU", "process": rank, "processes": 2} for rank in (0, 1)
+    ]
+
+
+@needs_two_gpus
+@pytest.mark.parametrize(
+    ("name", "distributed_type"), [("multi_gpu.yaml", "MULTI_GPU"), ("fsdp.yaml", "FSDP")]
+)
+def test_a_gpu_config_starts_one_process_per_gpu(name, distributed_type):
+    processes = min(GPUS, 8)
+    reports = probe_reports(
+        "--config_file", config(name), "--num_processes", str(processes),
+        "--main_process_port", "0",
+    )  # fmt: skip
+    assert reports == [
+        {"distributed_type": distributed_type, "process": rank, "processes": processes}
+        for rank in range(processes)
+    ]
+
+
+@needs_two_gpus
+def test_the_multi_node_config_joins_two_machines_of_one_gpu_each():
+    port = str(free_port())
+    machines = [
+        launch(
+            "--config_file",
+            config("multi_node.yaml"),
+            "--num_processes",
+            "2",
+            "--gpu_ids",
+            str(rank),
+            "--machine_rank",
+            str(rank),
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            port,
+            PROBE,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    reports = []
+    for machine in machines:
+        code, stdout, stderr = finish(machine)
+        assert code == 0, stderr[-3000:]
+        reports += reports_in(stdout)
+    assert sorted(reports, key=lambda report: report["process"]) == [
+        {"distributed_type": "MULTI_GPU", "process": rank, "processes": 2} for rank in (0, 1)
+    ]
