@@ -15,6 +15,9 @@ owns what a step means:
   best end the run;
 * checkpoints every ``checkpoint_interval`` steps, on SIGINT/SIGTERM and at the end; a non-finite
   loss stops the run before anything is saved from it.
+
+A run resumes from the newest intact checkpoint (damaged ones are set aside), or starts fresh in an
+output folder of its own: an earlier run's files are moved to ``earlier_runs/``, never mixed in.
 """
 
 from __future__ import annotations
@@ -35,15 +38,21 @@ from tqdm.auto import tqdm
 
 from gpt.checkpoint import (
     WEIGHTS_FILE,
+    WRITE_ERRORS,
+    check_model_shape,
+    first_line,
     latest_checkpoint,
     load_checkpoint,
+    move_earlier_run_aside,
     save_checkpoint,
     save_model,
+    write_failed,
 )
 from gpt.config import Config, TrainConfig
 from gpt.data import BatchSlice, TokenData
 from gpt.errors import UserError
 from gpt.model import build_model
+from gpt.resume import resume
 from gpt.throughput import peak_flops
 
 # accelerate warns at every checkpoint that it saved the tied embedding and head once; that is the
@@ -94,17 +103,32 @@ class MetricsLog:
         self.enabled = enabled
 
     def write(self, record: dict) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        try:
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
+        except OSError as error:
+            raise write_failed(str(self.path), first_line(error), self.path.parent) from None
 
     def keep_until(self, step: int) -> None:
-        """Drop records past ``step``: a resumed run redoes those steps and logs them again."""
+        """Drop records past ``step``: a resumed run redoes those steps and logs them again.
+
+        A line that does not parse (cut short by a kill while it was written) is past the
+        checkpoint too, and is dropped with them.
+        """
         if not self.enabled or not self.path.exists():
             return
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
         _write_atomically(self.path, "".join(kept))
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class Trainer:
@@ -158,12 +182,9 @@ class Trainer:
     # ----- the run -------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        train = self.config.train
-        self._prepare_out_dir()
-        self._resume()
-        self._start_tracking()
         previous_handlers = self._catch_stop_signals()
         try:
+            self._start()
             if self.state.step == 0:
                 self._evaluate()
             self._loop()
@@ -171,7 +192,10 @@ class Trainer:
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
             self.accelerator.end_training()
-        best = self.state.best_val_loss
+        return self._finish()
+
+    def _finish(self) -> TrainResult:
+        train, best = self.config.train, self.state.best_val_loss
         self.accelerator.print(
             f"done at step {self.state.step}/{train.max_iters}; best val loss {best:.4f}; "
             f"weights in {self.out_dir / WEIGHTS_FILE}"
@@ -348,46 +372,76 @@ class Trainer:
         if self.accelerator.is_main_process:
             model = build_model(self.model_config)
             model.load_state_dict(state_dict)
-            save_model(self.out_dir / WEIGHTS_FILE, model)
+            path = self.out_dir / WEIGHTS_FILE
+            try:
+                save_model(path, model)
+            except WRITE_ERRORS as error:
+                raise write_failed(
+                    f"the best weights {path}", first_line(error), self.out_dir
+                ) from None
 
-    # ----- output folder, resuming, tracking ------------------------------------------------------
+    # ----- starting: resume or a fresh output folder ----------------------------------------------
 
-    def _prepare_out_dir(self) -> None:
+    def _start(self) -> None:
+        """Resume as ``train.resume`` says, or start fresh; then describe the run in its folder.
+
+        Everything that could refuse the resume is checked before anything is written.
+        """
+        train = self.config.train
+        resumed = resume(self.accelerator, train.resume, self.out_dir, self._check, self._restore)
         if self.accelerator.is_main_process:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomically(self.out_dir / "config.yaml", self._resolved_config().to_yaml())
-            _write_atomically(
-                self.out_dir / "tokenizer.json",
-                self.data.tokenizer_path.read_text(encoding="utf-8"),
-            )
+            if resumed:
+                self.metrics.keep_until(self.state.step)
+            else:
+                self._move_earlier_run_aside()
+            self._write_run_description()
         self.accelerator.wait_for_everyone()
+        if resumed:
+            self.accelerator.print(f"resumed from {resumed} at step {self.state.step}")
+        self._start_tracking()
+
+    def _check(self, checkpoint: Path) -> None:
+        """Refuse a checkpoint of another model shape or tokenizer (a :class:`UserError`)."""
+        check_model_shape(checkpoint, self.model_config)
+        self._check_same_tokenizer(checkpoint.parent.parent / "tokenizer.json")
+
+    def _restore(self, checkpoint: Path) -> None:
+        saved = load_checkpoint(self.accelerator, checkpoint)
+        self.state = TrainState(**{key: saved[key] for key in asdict(TrainState())})
+
+    def _check_same_tokenizer(self, trained_with: Path) -> None:
+        """The same vocabulary size with another tokenizer would train on ids meaning other text."""
+        data_tokenizer = self.data.tokenizer_path
+        if trained_with.is_file() and trained_with.read_bytes() != data_tokenizer.read_bytes():
+            raise UserError(
+                f"the data's tokenizer {data_tokenizer} differs from {trained_with}, the one this "
+                "run was trained with; resume on the data it was trained on (or on data prepared "
+                f"with --tokenizer {trained_with}), or start a new run with train.resume=never or "
+                "another train.out_dir"
+            )
+
+    def _move_earlier_run_aside(self) -> None:
+        moved = move_earlier_run_aside(self.out_dir)
+        if moved:
+            self.accelerator.print(
+                f"moved the earlier run in {self.out_dir} to {moved}; starting a new run"
+            )
+
+    def _write_run_description(self) -> None:
+        """config.yaml and tokenizer.json: with them the folder is all that sampling needs."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self.out_dir / "config.yaml", self._resolved_config().to_yaml())
+        _write_atomically(
+            self.out_dir / "tokenizer.json", self.data.tokenizer_path.read_text(encoding="utf-8")
+        )
 
     def _resolved_config(self) -> Config:
         return self.config.model_copy(update={"model": self.model_config})
 
-    def _resume(self) -> None:
-        resume = self.config.train.resume
-        if resume == "never":
-            checkpoint = None
-        elif resume == "auto":
-            checkpoint = latest_checkpoint(self.out_dir)
-        else:
-            checkpoint = Path(resume)
-            if not checkpoint.is_dir():
-                raise UserError(
-                    f"train.resume={resume}: no such checkpoint folder; use auto, never or an "
-                    "existing checkpoints/step_* folder"
-                )
-        if checkpoint is None:
-            self.metrics.keep_until(-1)
-            return
-        saved = load_checkpoint(self.accelerator, checkpoint, self.model_config)
-        self.state = TrainState(**{k: saved[k] for k in asdict(TrainState())})
-        self.metrics.keep_until(self.state.step)
-        self.accelerator.print(f"resumed from {checkpoint} at step {self.state.step}")
-
     def _trainer_state(self) -> dict:
         return {**asdict(self.state), "model_config": self.model_config.model_dump(mode="json")}
+
+    # ----- tracking ------------------------------------------------------------------------------
 
     def _start_tracking(self) -> None:
         """W&B through accelerate's tracker; a tracker that fails to start never stops training."""
@@ -462,6 +516,11 @@ def train(config: Config) -> TrainResult:
 
 
 def _write_atomically(path: Path, text: str) -> None:
+    """Write a file of the output folder under a temporary name, then rename it."""
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise write_failed(str(path), first_line(error), path.parent) from None

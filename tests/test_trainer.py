@@ -18,7 +18,7 @@ from gpt.config import TrainConfig
 from gpt.data import BatchSlice, TokenData
 from gpt.trainer import learning_rate
 
-from .conftest import ROOT, run_python
+from .conftest import CORPUS, ROOT, run_python
 
 TINY = [
     "model.n_layer=2",
@@ -336,18 +336,107 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(shakespeare
     assert_same_weights(before, final_weights(out))
 
 
-def test_resuming_with_another_model_shape_is_refused(shakespeare_char, tmp_path):
+def test_resuming_with_another_model_shape_is_refused_before_anything_is_written(
+    shakespeare_char, tmp_path
+):
     out = tmp_path / "run"
     assert run_python(*train_args(shakespeare_char, out, "train.max_iters=5")).returncode == 0
+    before = {name: (out / name).read_bytes() for name in ("config.yaml", "tokenizer.json")}
     result = run_python(*train_args(shakespeare_char, out, "train.max_iters=10", "model.n_layer=3"))
     assert result.returncode == 2
     assert "another model shape (model.n_layer: checkpoint 2 vs config 3)" in result.stderr
+    assert {name: (out / name).read_bytes() for name in before} == before
     fresh = run_python(
         *train_args(
             shakespeare_char, out, "train.max_iters=5", "model.n_layer=3", "train.resume=never"
         )
     )
     assert fresh.returncode == 0, fresh.stderr
+
+
+def test_resuming_on_data_with_another_tokenizer_is_refused(shakespeare_char, tmp_path):
+    """Same vocabulary size, other characters: the ids would mean other text."""
+    corpus = tmp_path / "renamed.txt"
+    corpus.write_text(CORPUS.read_text().replace("Z", "~"))  # 65 characters still
+    other = tmp_path / "other_data"
+    prepared = run_python(
+        "-m", "data_prep", "--input", str(corpus), "--tokenizer", "char", "--out", str(other)
+    )
+    assert prepared.returncode == 0, prepared.stderr
+    assert json.loads((other / "meta.json").read_text())["vocab_size"] == 65
+    out = tmp_path / "run"
+    assert run_python(*train_args(shakespeare_char, out, "train.max_iters=5")).returncode == 0
+    before = {name: (out / name).read_bytes() for name in ("config.yaml", "tokenizer.json")}
+
+    result = run_python(*train_args(other, out, "train.max_iters=10"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"{other / 'tokenizer.json'} differs from {out / 'tokenizer.json'}" in result.stderr
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_a_fresh_start_moves_the_earlier_run_aside_and_never_mixes_two_runs(
+    shakespeare_char, tmp_path
+):
+    """An earlier run's checkpoints (at steps past the new run's) never meet the new run's."""
+    out = tmp_path / "run"
+    periodic = ["train.checkpoint_interval=10", "train.eval_interval=10"]
+    old = run_python(*train_args(shakespeare_char, out, "train.max_iters=30", *periodic))
+    assert old.returncode == 0, old.stderr
+    earlier = {
+        path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()
+    }
+
+    new = run_python(
+        *train_args(
+            shakespeare_char,
+            out,
+            "train.max_iters=20",
+            "train.seed=7",
+            "train.resume=never",
+            *periodic,
+        )
+    )
+    assert new.returncode == 0, new.stderr
+    (moved,) = (out / "earlier_runs").iterdir()
+    assert f"moved the earlier run in {out} to {moved}" in new.stdout
+    assert {
+        path.relative_to(moved): path.read_bytes() for path in moved.rglob("*") if path.is_file()
+    } == earlier
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_0000010",
+        "step_0000020",
+    ]
+    new_evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    assert [r["step"] for r in new_evals] == [0, 10, 20]
+
+    resumed = run_python(
+        *train_args(shakespeare_char, out, "train.max_iters=40", "train.seed=7", *periodic)
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {out / 'checkpoints' / 'step_0000020'} at step 20" in resumed.stdout
+    evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 10, 20, 30, 40]
+    assert evals[:3] == new_evals  # the new run's history, continued
+    best = min(r["val_loss"] for r in evals)
+    assert f"best val loss {best:.4f}" in resumed.stdout
+
+
+def test_a_metrics_line_cut_by_a_kill_is_dropped_on_resume(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    args = ["train.checkpoint_interval=10", "train.eval_interval=10"]
+    first = run_python(*train_args(shakespeare_char, out, "train.max_iters=10", *args))
+    assert first.returncode == 0, first.stderr
+    with (out / "metrics.jsonl").open("a") as metrics:  # what a kill during the write leaves
+        metrics.write('{"step": 11, "kind": "train", "loss": 3.1')
+    resumed = run_python(*train_args(shakespeare_char, out, "train.max_iters=20", *args))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    steps = [(r["kind"], r["step"]) for r in read_metrics(out)]
+    assert steps == [
+        ("eval", 0), ("train", 5), ("train", 10), ("eval", 10), ("train", 15), ("train", 20),
+        ("eval", 20),
+    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
