@@ -13,8 +13,9 @@ owns what a step means:
 * every ``eval_interval`` steps the mean train and val loss over fixed held-out windows; the best-val
   weights are kept as ``model.safetensors`` and ``early_stopping_patience`` evaluations without a new
   best end the run;
-* checkpoints every ``checkpoint_interval`` steps, on SIGINT/SIGTERM and at the end; a non-finite
-  loss stops the run before anything is saved from it.
+* checkpoints every ``checkpoint_interval`` steps, on SIGINT/SIGTERM and at the end. A non-finite
+  loss or gradient norm stops the run before the update is applied, and weights are checked to be
+  finite before anything is saved, so every checkpoint holds finite weights.
 
 A run resumes from the newest intact checkpoint (damaged ones are set aside), or starts fresh in an
 output folder of its own: an earlier run's files are moved to ``earlier_runs/``, never mixed in.
@@ -34,6 +35,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from gpt.checkpoint import (
@@ -222,7 +224,11 @@ class Trainer:
             while self.state.step < train.max_iters and not self.state.stopped_early:
                 loss, grad_norm, stop_requested = self._train_step(self.state.step)
                 if not math.isfinite(loss):
-                    self._diverged(loss)
+                    raise self._diverged(f"the loss became {loss}", self.state.step + 1)
+                if not math.isfinite(grad_norm) and not self._scaler_skips_overflows:
+                    raise self._diverged(
+                        f"the gradient norm became {grad_norm}", self.state.step + 1
+                    )
                 self.state.step += 1
                 progress.update(1)
                 self._after_step(loss, grad_norm, progress, stop_requested)
@@ -249,6 +255,7 @@ class Trainer:
         if step % train.eval_interval == 0 or finished:
             self._evaluate()
         if stop or finished or self.state.stopped_early or step % train.checkpoint_interval == 0:
+            self._check_weights_are_finite()
             state = self._trainer_state()
             save_checkpoint(self.accelerator, self.out_dir, state, train.keep_checkpoints)
 
@@ -263,6 +270,7 @@ class Trainer:
 
         Returns the loss averaged over the global batch, the gradient norm before clipping, and
         whether any process was asked to stop (so all processes agree to stop at the same step).
+        A non-finite gradient norm (the same on every process) skips the update.
         """
         train = self.config.train
         accelerator = self.accelerator
@@ -278,7 +286,8 @@ class Trainer:
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
-                self.optimizer.step()
+                    if self._scaler_skips_overflows or torch.isfinite(grad_norm):
+                        self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
         summary = torch.stack(
@@ -292,6 +301,12 @@ class Trainer:
             summary = accelerator.reduce(summary, reduction="mean")
         loss_value, grad_norm_value, stop = summary.tolist()
         return loss_value, grad_norm_value, stop > 0
+
+    @property
+    def _scaler_skips_overflows(self) -> bool:
+        """fp16's gradient scaler sees infinite gradients by design, skips the step and lowers
+        its scale; only without one is a non-finite gradient norm divergence."""
+        return self.accelerator.scaler is not None
 
     def _batch(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.data.train_batch(self.config.train.seed, step, self._batch_slice(micro_step))
@@ -368,6 +383,7 @@ class Trainer:
 
     def _save_best_weights(self) -> None:
         """Write the current weights as ``model.safetensors`` (gathered if sharded)."""
+        self._check_weights_are_finite()
         state_dict = self.accelerator.get_state_dict(self.model)
         if self.accelerator.is_main_process:
             model = build_model(self.model_config)
@@ -500,19 +516,36 @@ class Trainer:
             previous[signum] = signal.signal(signum, request_stop)
         return previous
 
-    def _diverged(self, loss: float) -> None:
-        checkpoint = latest_checkpoint(self.out_dir)
-        kept = (
-            f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
+    def _check_weights_are_finite(self) -> None:
+        """Defence in depth before any save: an update can overflow finite gradients (an absurd
+        learning rate, say) into infinite weights, which must never be saved."""
+        non_finite = sum(
+            (~torch.isfinite(_local(p.detach())).all()).float() for p in self.model.parameters()
         )
-        raise UserError(
-            f"the training loss became {loss} at step {self.state.step + 1}; stopped, and {kept}; "
-            "lower train.learning_rate, raise train.warmup_iters or set train.grad_clip"
+        if self.accelerator.reduce(non_finite, reduction="sum").item() > 0:
+            raise self._diverged("the update made the weights non-finite", self.state.step)
+
+    def _diverged(self, what: str, step: int) -> UserError:
+        return UserError(
+            f"training diverged at step {step}: {what}; stopped before saving anything from it; "
+            f"{self._newest_checkpoint()}, with finite weights; lower train.learning_rate, raise "
+            "train.warmup_iters or set train.grad_clip"
+        )
+
+    def _newest_checkpoint(self) -> str:
+        newest = latest_checkpoint(self.out_dir)
+        return (
+            f"the newest complete checkpoint is {newest}" if newest else "no checkpoint was saved"
         )
 
 
 def train(config: Config) -> TrainResult:
     return Trainer(config).run()
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a parameter that FSDP shards, else the parameter itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def _write_atomically(path: Path, text: str) -> None:

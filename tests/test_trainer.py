@@ -330,10 +330,64 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(shakespeare
         )
     )
     assert result.returncode == 2
-    assert "training loss became" in result.stderr and "step_0000010" in result.stderr
+    assert "training diverged at step" in result.stderr and "step_0000010" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000010"]
     assert_same_weights(before, final_weights(out))
+
+
+def test_an_update_that_makes_the_weights_non_finite_is_never_saved(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    good = run_python(
+        *train_args(
+            shakespeare_char,
+            out,
+            "train.max_iters=10",
+            "train.checkpoint_interval=10",
+            "train.keep_checkpoints=10",
+        )
+    )
+    assert good.returncode == 0, good.stderr
+    # finite gradients, but a step size that overflows float32: the update itself makes the
+    # weights infinite, and the loss computed before it was finite
+    result = run_python(
+        *train_args(
+            shakespeare_char,
+            out,
+            "train.max_iters=30",
+            "train.checkpoint_interval=1",
+            "train.keep_checkpoints=10",
+            "train.learning_rate=1e39",
+            "train.min_lr=1e39",
+        )
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "training diverged at step 11" in result.stderr
+    assert "step_0000010" in result.stderr
+    for checkpoint in (out / "checkpoints").glob("step_*"):
+        for name, tensor in load_file(checkpoint / "model.safetensors").items():
+            assert torch.isfinite(tensor).all(), (checkpoint.name, name)
+    for name, tensor in load_file(out / "model.safetensors").items():
+        assert torch.isfinite(tensor).all(), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16's gradient scaler needs CUDA")
+def test_fp16_steps_that_the_gradient_scaler_skips_do_not_stop_the_run(shakespeare_char, tmp_path):
+    from gpt.config import load_config
+    from gpt.trainer import Trainer
+
+    out = tmp_path / "run"
+    args = train_args(shakespeare_char, out, "train.max_iters=60", "train.log_interval=1")
+    config = load_config(args[1], [*args[2:], "train.mixed_precision=fp16", "train.cpu=false"])
+    trainer = Trainer(config)
+    trainer.accelerator.scaler._init_scale = 2.0**40  # the first steps' gradients overflow fp16
+    result = trainer.run()
+    assert result.step == 60
+    norms = [r["grad_norm"] for r in read_metrics(out) if r["kind"] == "train"]
+    assert not math.isfinite(norms[0])  # skipped by the scaler, which then lowered its scale
+    assert math.isfinite(norms[-1])
 
 
 def test_resuming_with_another_model_shape_is_refused_before_anything_is_written(
