@@ -30,8 +30,10 @@ def _main(argv: list[str]) -> int:
     config = load_config(args.config, args.overrides)
     from gpt.trainer import train  # after validation: a config error costs no torch import
 
-    train(config)
-    return 0
+    try:
+        return train(config).exit_code  # 130 or 143 when a signal stopped it: not finished
+    except KeyboardInterrupt:  # a second Ctrl-C, which stops at once (the trainer said so)
+        return 130
 
 
 def main() -> None:

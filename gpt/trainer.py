@@ -78,7 +78,12 @@ class TrainResult:
     step: int
     best_val_loss: float
     stopped_early: bool
-    interrupted: bool
+    stop_signal: int | None  # the SIGINT or SIGTERM that ended the run early, if one did
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 128 + the signal's number, as a shell reports a process the signal stopped."""
+        return 128 + self.stop_signal if self.stop_signal else 0
 
 
 def learning_rate(step: int, train: TrainConfig) -> float:
@@ -190,6 +195,12 @@ class Trainer:
             if self.state.step == 0:
                 self._evaluate()
             self._loop()
+        except KeyboardInterrupt:
+            self.accelerator.print(
+                f"\nstopped at once by a second interrupt at step {self.state.step}; "
+                f"{self._newest_checkpoint()}: run the same command again to resume from it"
+            )
+            raise
         finally:
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
@@ -198,16 +209,21 @@ class Trainer:
 
     def _finish(self) -> TrainResult:
         train, best = self.config.train, self.state.best_val_loss
-        self.accelerator.print(
-            f"done at step {self.state.step}/{train.max_iters}; best val loss {best:.4f}; "
-            f"weights in {self.out_dir / WEIGHTS_FILE}"
-        )
+        finished = self.state.step >= train.max_iters or self.state.stopped_early
+        interrupted = self._stop_signal is not None and not finished
+        if interrupted:
+            self.accelerator.print(
+                f"interrupted at step {self.state.step}; checkpoint saved; run the same command "
+                "again to resume"
+            )
+        else:
+            self.accelerator.print(
+                f"done at step {self.state.step}/{train.max_iters}; best val loss {best:.4f}; "
+                f"weights in {self.out_dir / WEIGHTS_FILE}"
+            )
+        stop_signal = self._stop_signal if interrupted else None
         return TrainResult(
-            self.out_dir,
-            self.state.step,
-            best,
-            self.state.stopped_early,
-            self._stop_signal is not None,
+            self.out_dir, self.state.step, best, self.state.stopped_early, stop_signal
         )
 
     def _loop(self) -> None:
@@ -232,11 +248,8 @@ class Trainer:
                 self.state.step += 1
                 progress.update(1)
                 self._after_step(loss, grad_norm, progress, stop_requested)
-                if stop_requested:
-                    self.accelerator.print(
-                        f"\nstopped by signal at step {self.state.step}; checkpoint saved, "
-                        "run the same command again to resume"
-                    )
+                if stop_requested:  # a process that was not signalled stops as if terminated
+                    self._stop_signal = self._stop_signal or signal.SIGTERM
                     break
         finally:
             progress.close()
@@ -506,14 +519,19 @@ class Trainer:
     # ----- stopping ------------------------------------------------------------------------------
 
     def _catch_stop_signals(self) -> dict:
-        """SIGINT and SIGTERM end the current step, save a checkpoint and stop cleanly."""
+        """The first SIGINT or SIGTERM ends the current step, saves a checkpoint and stops.
+
+        A second one of the same kind gets the handler from before this run: Python's, so a second
+        Ctrl-C raises KeyboardInterrupt and a second SIGTERM ends the process, at once.
+        """
+        previous = {}
 
         def request_stop(signum, frame):
             self._stop_signal = signum
+            signal.signal(signum, previous[signum])
 
-        previous = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, request_stop)
+            previous[signum] = signal.signal(signum, request_stop) or signal.SIG_DFL
         return previous
 
     def _check_weights_are_finite(self) -> None:

@@ -1,14 +1,18 @@
-"""Real faults in real runs: a full disk, two processes.
+"""Real faults in real runs: signals, a full disk, two processes.
 
 Multi-process runs are 2 CPU processes over gloo under ``accelerate launch``.
 """
 
+import contextlib
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from gpt.checkpoint import find_damage, list_checkpoints
@@ -23,6 +27,77 @@ from .test_trainer import (
 
 SLOW_SAVES = str(ROOT / "tests" / "slow_saves.py")
 ENDLESS = ["train.max_iters=100000", "train.eval_interval=100000", "train.log_interval=1000"]
+
+
+@contextlib.contextmanager
+def started(command: list[str], out: Path):
+    """``python COMMAND``, its output in files next to ``out``; it and its children killed after."""
+    with (
+        open(out.with_suffix(".stdout"), "w") as stdout,
+        open(out.with_suffix(".stderr"), "w") as err,
+    ):
+        process = subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=stdout, stderr=err)
+    try:
+        yield process
+    finally:
+        kill_with_children(process)
+
+
+def kill_with_children(process: subprocess.Popen) -> None:
+    """SIGKILL a process and everything under it at once, like a machine that loses power.
+
+    (torchrun starts each worker in a session of its own, so killing the launcher's process group
+    would leave the workers running.)"""
+    with contextlib.suppress(psutil.Error):
+        launcher = psutil.Process(process.pid)
+        for member in [launcher, *launcher.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                member.kill()
+    process.wait()
+
+
+def alive(process: subprocess.Popen) -> bool:
+    return process.poll() is None
+
+
+def output(out: Path) -> tuple[str, str]:
+    return out.with_suffix(".stdout").read_text(), out.with_suffix(".stderr").read_text()
+
+
+def wait_for(condition, processes=(), timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for process in processes:
+            assert alive(process), f"exited early with {process.returncode}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+# ----- signals -----------------------------------------------------------------------------------
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_newest_complete_checkpoint_resumes(
+    shakespeare_char, tmp_path
+):
+    out = tmp_path / "run"
+    command = [SLOW_SAVES, "1.0", "all", *train_args(shakespeare_char, out, *ENDLESS)]
+    with started([*command, "train.checkpoint_interval=10"], out) as process:
+        wait_for(lambda: (out / "checkpoints" / "step_0000010").exists(), [process])
+        process.send_signal(signal.SIGINT)  # finish the step, save a checkpoint (slowly) ...
+        wait_for(lambda: list((out / "checkpoints").glob(".step_*.tmp")), [process])
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)  # ... but a second Ctrl-C stops during that save
+        assert process.wait(timeout=60) == 130
+    stdout, stderr = output(out)
+    assert "Traceback" not in stderr
+    assert "stopped at once by a second interrupt" in stdout
+    assert list((out / "checkpoints").glob(".step_*.tmp"))  # the save it cut short
+    assert [p.name for p in list_checkpoints(out)] == ["step_0000010"]
+
+    resumed = run_python(*train_args(shakespeare_char, out, "train.max_iters=12"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {out / 'checkpoints' / 'step_0000010'} at step 10" in resumed.stdout
+    assert not list((out / "checkpoints").glob(".step_*"))  # cleaned up at the start
 
 
 def can_mount_a_small_disk(where: Path) -> bool:
