@@ -5,7 +5,9 @@ are synchronised across processes on the last micro-step only) and the saving of
 owns what a step means:
 
 * batches come from :class:`gpt.data.TokenData`, keyed by (seed, step, position in the global batch),
-  so the split of the global batch over processes and micro-steps does not change the result;
+  and so do the dropout masks: the global RNG is seeded from the same key before every micro-step.
+  So the split of the global batch over processes and micro-steps changes the result only where
+  it changes the micro-batches, and a resumed run repeats exactly what an uninterrupted one does;
 * AdamW on the model's two parameter groups, the global gradient norm clipped, and the learning
   rate a pure function of the step (warmup, then cosine, linear or constant decay), set before every
   step: the schedule has no state of its own to save, and a resumed run follows the config it is
@@ -32,6 +34,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -100,6 +103,11 @@ def learning_rate(step: int, train: TrainConfig) -> float:
     else:
         decay = 1.0 - progress
     return train.min_lr + decay * (train.learning_rate - train.min_lr)
+
+
+def micro_batch_seed(seed: int, step: int, start: int) -> int:
+    """The RNG seed (for dropout) of the micro-batch at ``start`` in step ``step``'s global batch."""
+    return int(np.random.SeedSequence([seed, step, start]).generate_state(1, np.uint64)[0])
 
 
 class MetricsLog:
@@ -293,7 +301,9 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         grad_norm = torch.zeros((), device=self.device)
         for micro_step in range(train.gradient_accumulation_steps):
-            inputs, targets = self._batch(step, micro_step)
+            part = self._batch_slice(micro_step)
+            inputs, targets = self._to_device(self.data.train_batch(train.seed, step, part))
+            torch.manual_seed(micro_batch_seed(train.seed, step, part.start))  # dropout masks
             with accelerator.accumulate(self.model):
                 _, loss = self.forward(inputs, targets)
                 accelerator.backward(loss)
@@ -320,10 +330,6 @@ class Trainer:
         """fp16's gradient scaler sees infinite gradients by design, skips the step and lowers
         its scale; only without one is a non-finite gradient norm divergence."""
         return self.accelerator.scaler is not None
-
-    def _batch(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.data.train_batch(self.config.train.seed, step, self._batch_slice(micro_step))
-        return self._to_device(batch)
 
     def _batch_slice(self, micro_step: int) -> BatchSlice:
         """This process's share of a global batch in ``micro_step``."""

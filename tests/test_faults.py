@@ -1,4 +1,4 @@
-"""Real faults in real runs: signals, a full disk, two processes.
+"""Real faults in real runs: signals, a full disk, two processes killed together.
 
 Multi-process runs are 2 CPU processes over gloo under ``accelerate launch``.
 """
@@ -20,7 +20,10 @@ from gpt.checkpoint import find_damage, list_checkpoints
 from .test_trainer import (
     ROOT,
     accelerate_launch,
+    assert_same_weights,
+    final_weights,
     free_port,
+    read_metrics,
     run_python,
     train_args,
 )
@@ -193,3 +196,28 @@ def test_both_processes_write_their_random_state_into_every_checkpoint(shakespea
     for checkpoint in checkpoints:
         assert (checkpoint / "random_states_0.pkl").is_file(), checkpoint
         assert (checkpoint / "random_states_1.pkl").is_file(), checkpoint
+
+
+DROPOUT_RUN = [*TWO_PROCESSES, "model.dropout=0.2", "train.max_iters=30", "train.eval_interval=10"]
+
+
+@pytest.mark.slow
+def test_two_processes_killed_together_resume_to_bitwise_identical_weights(
+    shakespeare_char, tmp_path
+):
+    uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    whole = run_python(*launch_two(), *train_args(shakespeare_char, uninterrupted, *DROPOUT_RUN))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    command = [*launch_two(), *train_args(shakespeare_char, resumed, *DROPOUT_RUN)]
+    with started(command, resumed) as run:
+        wait_for(lambda: (resumed / "checkpoints" / "step_0000010").exists(), [run])
+        kill_with_children(run)  # the launcher and both workers at once
+    assert not (resumed / "checkpoints" / "step_0000030").exists()
+
+    again = run_python(*launch_two(), *train_args(shakespeare_char, resumed, *DROPOUT_RUN))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stdout
+    assert_same_weights(final_weights(uninterrupted), final_weights(resumed))
+    steps = [(r["kind"], r["step"]) for r in read_metrics(resumed)]
+    assert steps == [(r["kind"], r["step"]) for r in read_metrics(uninterrupted)]

@@ -240,6 +240,28 @@ def test_the_same_global_batch_trains_the_same_model_however_it_is_split(
         )
 
 
+@pytest.mark.slow
+def test_with_dropout_the_same_micro_batches_train_the_same_model(shakespeare_char, tmp_path):
+    """Dropout masks are keyed by the micro-batch's place in the global batch, like its data."""
+    dropout = [*EQUIVALENCE, "model.dropout=0.2", "train.batch_size=4"]
+    accumulated = tmp_path / "one_process_batch_4_accumulate_2"
+    two_processes = tmp_path / "two_processes_batch_4"
+    runs = [
+        run_python(
+            *train_args(
+                shakespeare_char, accumulated, *dropout, "train.gradient_accumulation_steps=2"
+            )
+        ),
+        run_python(
+            *accelerate_launch(machines=1, machine_rank=0, port=free_port()),
+            *train_args(shakespeare_char, two_processes, *dropout),
+        ),
+    ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_weights(final_weights(accumulated), final_weights(two_processes), atol=2e-5)
+
+
 RESUME = [
     "train.max_iters=120",
     "train.eval_interval=40",
