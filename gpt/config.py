@@ -107,6 +107,9 @@ class TrainConfig(Section):
     compile: bool = Field(False, description="torch.compile the model")
     resume: str = Field("auto", description="auto | never | a checkpoint folder")
     cpu: bool = Field(False, description="train on the CPU even if a GPU is present")
+    distributed_timeout_minutes: float = Field(
+        5.0, gt=0.0, description="how long a process waits for the others before giving up"
+    )
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 
     @model_validator(mode="after")

@@ -32,12 +32,13 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
@@ -164,6 +165,9 @@ class Trainer:
             cpu=train.cpu or not torch.accelerator.is_available(),
             log_with="wandb" if wandb_mode != "disabled" else None,
             project_dir=str(self.out_dir),
+            kwargs_handlers=[
+                InitProcessGroupKwargs(timeout=timedelta(minutes=train.distributed_timeout_minutes))
+            ],
         )
         self.device = self.accelerator.device
         self.peak_flops = peak_flops(self.device, train.mixed_precision)
@@ -203,6 +207,10 @@ class Trainer:
             if self.state.step == 0:
                 self._evaluate()
             self._loop()
+        except RuntimeError as error:
+            if not self._lost_contact(error):
+                raise
+            raise self._lost_contact_error(error) from None
         except KeyboardInterrupt:
             self.accelerator.print(
                 f"\nstopped at once by a second interrupt at step {self.state.step}; "
@@ -560,6 +568,22 @@ class Trainer:
         newest = latest_checkpoint(self.out_dir)
         return (
             f"the newest complete checkpoint is {newest}" if newest else "no checkpoint was saved"
+        )
+
+    def _lost_contact(self, error: RuntimeError) -> bool:
+        """Whether ``error`` says another process is gone. NCCL raises DistBackendError (a
+        DistError); gloo raises a plain RuntimeError that names its own source files."""
+        distributed = isinstance(error, torch.distributed.DistError) or "gloo" in str(error)
+        return self.accelerator.num_processes > 1 and distributed
+
+    def _lost_contact_error(self, error: RuntimeError) -> UserError:
+        accelerator = self.accelerator
+        reason = first_line(error)
+        return UserError(
+            f"rank {accelerator.process_index} of {accelerator.num_processes} lost contact with "
+            f"the other processes at step {self.state.step + 1} ({reason}); another process died "
+            f"or its machine is unreachable (see its log); {self._newest_checkpoint()}: run the "
+            "same command again on every machine to resume"
         )
 
 

@@ -1,9 +1,11 @@
-"""Real faults in real runs: signals, a full disk, two processes killed together.
+"""Real faults in real runs: signals, a full disk, and a process of two that dies or freezes.
 
-Multi-process runs are 2 CPU processes over gloo under ``accelerate launch``.
+Multi-process runs are 2 CPU processes over gloo under ``accelerate launch``, on one "machine" or
+on two over loopback. Processes are found through psutil and hit with real signals.
 """
 
 import contextlib
+import re
 import shlex
 import shutil
 import signal
@@ -74,6 +76,32 @@ def wait_for(condition, processes=(), timeout: float = 180) -> None:
             assert alive(process), f"exited early with {process.returncode}"
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def workers(launchers: list[subprocess.Popen], count: int) -> dict[int, psutil.Process]:
+    """The training processes under the launchers, by rank, once all have started."""
+    found: dict[int, psutil.Process] = {}
+
+    def all_started() -> bool:
+        for launcher in launchers:
+            for child in psutil.Process(launcher.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if "train.py" in child.cmdline() and "RANK" in child.environ():
+                        found[int(child.environ()["RANK"])] = child
+        return len(found) == count
+
+    wait_for(all_started, launchers)
+    return found
+
+
+def worker_tracebacks(stderr: str) -> list[str]:
+    """Tracebacks other than the launcher's own (torchrun's ChildFailedError summary)."""
+    blocks = re.split(r"(?=Traceback \(most recent call last\))", stderr)[1:]
+    return [block for block in blocks if "accelerate/commands/launch.py" not in block]
+
+
+def newest_checkpoint(out: Path) -> Path:
+    return list_checkpoints(out)[-1]
 
 
 # ----- signals -----------------------------------------------------------------------------------
@@ -221,3 +249,76 @@ def test_two_processes_killed_together_resume_to_bitwise_identical_weights(
     assert_same_weights(final_weights(uninterrupted), final_weights(resumed))
     steps = [(r["kind"], r["step"]) for r in read_metrics(resumed)]
     assert steps == [(r["kind"], r["step"]) for r in read_metrics(uninterrupted)]
+
+
+def assert_reports_lost_contact(stderr: str, out: Path) -> None:
+    assert worker_tracebacks(stderr) == [], worker_tracebacks(stderr)[0]
+    (line,) = [line for line in stderr.splitlines() if "lost contact" in line]
+    assert re.match(
+        r"error: rank [01] of 2 lost contact with the other processes at step \d+", line
+    )
+    assert f"newest complete checkpoint is {newest_checkpoint(out)}" in line
+
+
+@pytest.mark.slow
+def test_when_one_of_two_processes_dies_the_other_stops_with_a_message(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    command = [*launch_two(), *train_args(shakespeare_char, out, *TWO_PROCESSES, *ENDLESS)]
+    with started(command, out) as run:
+        wait_for(lambda: (out / "checkpoints" / "step_0000005").exists(), [run])
+        workers([run], 2)[1].kill()
+        assert run.wait(timeout=120) != 0
+    assert_reports_lost_contact(output(out)[1], out)
+
+    newest = newest_checkpoint(out)
+    step = int(newest.name.removeprefix("step_"))
+    resumed = run_python(
+        *launch_two(),
+        *train_args(shakespeare_char, out, *TWO_PROCESSES, f"train.max_iters={step + 2}"),
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {newest} at step {step}" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_when_the_process_of_one_of_two_machines_dies_the_other_stops_with_a_message(
+    shakespeare_char, tmp_path
+):
+    out = tmp_path / "run"
+    port = free_port()
+    args = train_args(shakespeare_char, out, *TWO_PROCESSES, *ENDLESS)
+    machine = [tmp_path / "machine_0", tmp_path / "machine_1"]
+    with (
+        started([*accelerate_launch(2, 0, port), *args], machine[0]) as first,
+        started([*accelerate_launch(2, 1, port), *args], machine[1]) as second,
+    ):
+        wait_for(lambda: (out / "checkpoints" / "step_0000005").exists(), [first, second])
+        workers([first, second], 2)[0].kill()  # rank 0: the one that writes the files
+        assert first.wait(timeout=120) != 0
+        assert second.wait(timeout=120) != 0
+    assert worker_tracebacks(output(machine[0])[1]) == []
+    assert_reports_lost_contact(output(machine[1])[1], out)
+
+    newest = newest_checkpoint(out)
+    step = int(newest.name.removeprefix("step_"))
+    resumed = run_python(*train_args(shakespeare_char, out, f"train.max_iters={step + 2}"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {newest} at step {step}" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_a_frozen_process_is_given_up_on_after_the_distributed_timeout(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    args = train_args(
+        shakespeare_char, out, *TWO_PROCESSES, *ENDLESS, "train.distributed_timeout_minutes=0.25"
+    )
+    with started([*launch_two(), *args], out) as run:
+        wait_for(lambda: (out / "checkpoints" / "step_0000005").exists(), [run])
+        ranks = workers([run], 2)
+        ranks[1].suspend()  # SIGSTOP: alive, holding its sockets open, never answering
+        ranks[0].wait(timeout=120)
+        ranks[1].kill()
+        assert run.wait(timeout=60) != 0
+    stderr = output(out)[1]
+    assert_reports_lost_contact(stderr, out)
+    assert "15000ms" in stderr  # the configured 0.25 minutes reached the process group
