@@ -19,8 +19,10 @@ owns what a step means:
   loss or gradient norm stops the run before the update is applied, and weights are checked to be
   finite before anything is saved, so every checkpoint holds finite weights.
 
-A run resumes from the newest intact checkpoint (damaged ones are set aside), or starts fresh in an
-output folder of its own: an earlier run's files are moved to ``earlier_runs/``, never mixed in.
+A run resumes from the newest intact checkpoint (:mod:`gpt.resume` sets damaged ones aside), or
+starts fresh in an output folder of its own: an earlier run's files are moved to ``earlier_runs/``,
+never mixed in. A process of a multi-process run that loses contact with the others stops with one
+line instead of a traceback.
 """
 
 from __future__ import annotations
