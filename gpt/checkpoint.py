@@ -154,7 +154,7 @@ def save_checkpoint(accelerator: Accelerator, out_dir: Path, state: dict, keep: 
     ]
     for phase in phases:
         error = _attempt(phase)
-        errors = [error for error in gather_object([error]) if error]  # waits for every process
+        errors = list(filter(None, gather_object([error])))  # waits for every process
         if errors:
             if main:
                 shutil.rmtree(temporary, ignore_errors=True)

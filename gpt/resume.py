@@ -108,7 +108,7 @@ def _try(
         failure = None
     except Exception as error:  # whatever the reason, the checkpoint cannot be resumed
         failure = f"{type(error).__name__}: {first_line(error)}"
-    failures = [failure for failure in gather_object([failure]) if failure]
+    failures = list(filter(None, gather_object([failure])))  # the same on every process
     if failures:
         return f"could not be loaded ({failures[0]})"
     return None
