@@ -1,14 +1,24 @@
-"""Weights and resumable training state on disk: atomic to write, safe to read.
+"""Weights and resumable training state on disk: atomic to write, verified and safe to read.
 
-Two kinds of file live in a training output folder (``train.out_dir``):
+A training output folder (``train.out_dir``) holds one run: ``config.yaml``, ``tokenizer.json``,
+``metrics.jsonl`` (written by the trainer), and two kinds of file written here:
 
 * ``model.safetensors``: the best weights, with the model config in the safetensors metadata, so
   :func:`load_model` can rebuild the model from the file alone.
 * ``checkpoints/step_XXXXXXX/``: the full state that :mod:`accelerate` saves (model, optimizer,
-  gradient scaler, RNG states) plus ``trainer_state.json`` (step, best val loss, the model config,
-  ...). The learning-rate schedule is a pure function of the step, so the step is its whole state. A checkpoint is written under a hidden temporary name and renamed when complete, so a
-  kill at any instant leaves the previous checkpoint intact and never a half-written one that looks
-  complete.
+  gradient scaler, each process's RNG state; FSDP writes its sharded state as sub-folders) plus
+  ``trainer_state.json`` (step, best val loss, the model config, ...). The learning-rate schedule
+  is a pure function of the step, so the step is its whole state.
+
+A checkpoint is written under a hidden temporary name. Once every process has written its files,
+rank 0 writes ``trainer_state.json`` last, with a manifest of the other files (path, size,
+SHA-256), flushes the folder to disk and renames it. So a kill at any instant leaves the previous
+checkpoint intact and never a half-written one that looks complete, and :func:`find_damage` can
+tell later whether a checkpoint's files are still the ones written. A write that fails (a full
+disk) removes the temporary folder and stops the run with one line (:func:`write_failed`).
+
+A new run in a folder that holds an earlier one moves the earlier one's files to
+``earlier_runs/<UTC time>/`` first (:func:`move_earlier_run_aside`).
 
 Nothing here unpickles: weights are safetensors, and accelerate reads its other files with
 ``torch.load(weights_only=True)``.
@@ -16,15 +26,19 @@ Nothing here unpickles: weights are safetensors, and accelerate reads its other 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import safetensors
 import safetensors.torch
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from pydantic import ValidationError
 
 from gpt.config import ModelConfig
@@ -36,7 +50,22 @@ from gpt.tokenizer import Tokenizer, load_tokenizer
 WEIGHTS_FILE = "model.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"
+EARLIER_RUNS_DIR = "earlier_runs"
+# The files a run writes in its output folder (W&B's offline runs included).
+RUN_FILES = (
+    "config.yaml",
+    "tokenizer.json",
+    "metrics.jsonl",
+    WEIGHTS_FILE,
+    CHECKPOINTS_DIR,
+    "wandb",
+)
 _CHECKPOINT_PREFIX = "step_"
+_DAMAGED_PREFIX = "damaged-"
+
+# What a failed write raises: OSError from Python's own files, RuntimeError from torch.save (on a
+# full disk: "unexpected pos ..."), SafetensorError from safetensors ("I/O error: No space left").
+WRITE_ERRORS = (OSError, RuntimeError, safetensors.SafetensorError)
 
 
 def save_model(path: str | Path, model: LanguageModel) -> None:
@@ -71,7 +100,7 @@ def load_model(path: str | Path, config: ModelConfig | None = None) -> LanguageM
         safetensors.torch.load_model(model, str(path), strict=True)
     except (safetensors.SafetensorError, OSError, KeyError, ValueError, RuntimeError) as error:
         raise UserError(
-            f"{path} is not a complete weights file ({_first_line(error)}); "
+            f"{path} is not a complete weights file ({first_line(error)}); "
             "it may be truncated or corrupt: use another checkpoint or retrain"
         ) from None
     return model
@@ -110,49 +139,217 @@ def load_trained(
     return model.to(device).eval(), tokenizer
 
 
+# ----- writing checkpoints -----------------------------------------------------------------------
+
+
 def save_checkpoint(accelerator: Accelerator, out_dir: Path, state: dict, keep: int) -> Path:
     """Save the full training state as ``checkpoints/step_XXXXXXX`` and keep the newest ``keep``.
 
-    Every process must call this (accelerate gathers sharded state collectively).
+    Every process must call this: each writes its own part (accelerate gathers sharded state
+    collectively, and every process saves its RNG state), and all wait for all after each phase,
+    so rank 0 publishes the folder only once every file is in it. A failed write on any process
+    stops every process with the same :class:`UserError`.
     """
     root = out_dir / CHECKPOINTS_DIR
     final = root / f"{_CHECKPOINT_PREFIX}{state['step']:07d}"
     temporary = root / f".{final.name}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary), safe_serialization=True)
-    if accelerator.is_main_process:
-        (temporary / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
-        for weights in temporary.glob("*.safetensors"):
-            _use_default_permissions(weights)
-        _fsync_tree(temporary)
-        if final.exists():  # the same step saved again after a resume: replace it
-            shutil.rmtree(final)
-        os.replace(temporary, final)
+    main = accelerator.is_main_process
+    phases = [
+        partial(_empty_folder, temporary) if main else None,
+        partial(accelerator.save_state, str(temporary), safe_serialization=True),
+        partial(_publish, temporary, final, state) if main else None,
+    ]
+    for phase in phases:
+        error = _attempt(phase)
+        errors = list(filter(None, gather_object([error])))  # waits for every process
+        if errors:
+            if main:
+                shutil.rmtree(temporary, ignore_errors=True)
+            raise write_failed(f"checkpoint {final}", errors[0], out_dir)
+    if main:
         for old in list_checkpoints(out_dir)[:-keep]:
             shutil.rmtree(old)
-    accelerator.wait_for_everyone()
     return final
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path, model_config: ModelConfig) -> dict:
-    """Restore the training state from ``path`` and return its trainer state."""
-    state = read_trainer_state(path)
-    saved = _saved_model_config(path)
-    if _shape(saved) != _shape(model_config):
+def _attempt(write) -> str | None:
+    """Run ``write`` (if any); the reason it failed, or None."""
+    try:
+        if write is not None:
+            write()
+    except WRITE_ERRORS as error:
+        return first_line(error)
+    return None
+
+
+def _empty_folder(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+
+
+def _publish(temporary: Path, final: Path, state: dict) -> None:
+    """Seal a fully written temporary folder with its manifest and rename it to ``final``."""
+    for weights in temporary.glob("*.safetensors"):
+        _use_default_permissions(weights)
+    sealed = {**state, "files": _manifest(temporary)}
+    (temporary / TRAINER_STATE_FILE).write_text(json.dumps(sealed, indent=2), encoding="utf-8")
+    _fsync_tree(temporary)
+    if final.exists():  # the same step saved again after a resume: replace it
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+    _fsync(final.parent)  # the rename itself
+
+
+def _manifest(folder: Path) -> dict[str, dict]:
+    """Size and SHA-256 of every file under ``folder``, by path relative to it."""
+    return {
+        path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush a folder's files and sub-folders (their entries too) to disk before it is renamed."""
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            _fsync(Path(directory, name))
+        _fsync(Path(directory))
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_failed(target: str, reason: str, out_dir: Path) -> UserError:
+    """A write that failed (a full disk, most often), as one line: what, why, the space left and
+    the newest checkpoint, which is intact (a checkpoint is published only once complete)."""
+    newest = latest_checkpoint(out_dir)
+    free = shutil.disk_usage(out_dir).free / 2**20
+    intact = f"{newest} is intact" if newest else "no checkpoint was saved yet"
+    return UserError(
+        f"could not write {target} ({reason}); {free:.1f} MiB free on its disk; {intact}: free "
+        "some space (or set another train.out_dir) and run the same command again"
+    )
+
+
+# ----- reading checkpoints -----------------------------------------------------------------------
+
+
+def find_damage(checkpoint: Path) -> str | None:
+    """What is wrong with a checkpoint's files, or None when all are as its manifest records.
+
+    ``trainer_state.json`` holds the manifest, so it is checked by its content instead.
+    """
+    try:
+        files = _read_manifest(checkpoint)
+    except ValueError as problem:
+        return str(problem)
+    for name, entry in files.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != entry["size"]:
+            return f"{name} has {size} bytes where {entry['size']} were written"
+        if _sha256(path) != entry["sha256"]:
+            return f"{name} is not the file that was written (its SHA-256 differs)"
+    return None
+
+
+def _read_manifest(checkpoint: Path) -> dict[str, dict]:
+    """The manifest in ``trainer_state.json``, once that file is known to be whole."""
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE_FILE).read_bytes())
+    except OSError:
+        raise ValueError(f"{TRAINER_STATE_FILE} is missing or unreadable") from None
+    except ValueError:
+        raise ValueError(f"{TRAINER_STATE_FILE} is not valid JSON") from None
+    files = state.get("files") if isinstance(state, dict) else None
+    manifest = isinstance(files, dict) and all(
+        isinstance(entry, dict)
+        and isinstance(entry.get("size"), int)
+        and isinstance(entry.get("sha256"), str)
+        for entry in files.values()
+    )
+    if not manifest:
+        raise ValueError(f"{TRAINER_STATE_FILE} holds no manifest of the checkpoint's files")
+    try:
+        ModelConfig.model_validate(state.get("model_config"))
+    except ValidationError:
+        raise ValueError(f"{TRAINER_STATE_FILE} holds no valid model config") from None
+    return files
+
+
+def set_aside(checkpoint: Path) -> Path:
+    """Rename a damaged checkpoint to ``damaged-step_XXXXXXX`` (kept, and no longer resumed)."""
+    aside = checkpoint.with_name(f"{_DAMAGED_PREFIX}{checkpoint.name}")
+    suffix = 2
+    while aside.exists():
+        aside = checkpoint.with_name(f"{_DAMAGED_PREFIX}{checkpoint.name}-{suffix}")
+        suffix += 1
+    os.replace(checkpoint, aside)
+    return aside
+
+
+def move_earlier_run_aside(out_dir: Path) -> Path | None:
+    """Move an earlier run's files out of the way of a new run in ``out_dir``.
+
+    They go to ``earlier_runs/<UTC time>/`` whole, so the two runs never mix (the earlier run's
+    checkpoints with the new run's, say). Returns that folder, or None if there was nothing to move.
+    """
+    present = [out_dir / name for name in RUN_FILES if (out_dir / name).exists()]
+    if not present:
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+    destination = out_dir / EARLIER_RUNS_DIR / stamp
+    suffix = 2
+    while destination.exists():
+        destination = out_dir / EARLIER_RUNS_DIR / f"{stamp}-{suffix}"
+        suffix += 1
+    destination.mkdir(parents=True)
+    for path in present:
+        os.replace(path, destination / path.name)
+    return destination
+
+
+def remove_unfinished(out_dir: Path) -> None:
+    """Delete the temporary folders of checkpoints whose writing was cut short (by a kill)."""
+    for unfinished in (out_dir / CHECKPOINTS_DIR).glob(f".{_CHECKPOINT_PREFIX}*.tmp"):
+        shutil.rmtree(unfinished, ignore_errors=True)
+
+
+def check_model_shape(checkpoint: Path, model_config: ModelConfig) -> None:
+    """Refuse to resume a checkpoint whose parameters have other shapes than the config's."""
+    saved, wanted = _shape(_saved_model_config(checkpoint)), _shape(model_config)
+    if saved != wanted:
         differences = ", ".join(
-            f"model.{key}: checkpoint {value} vs config {_shape(model_config)[key]}"
-            for key, value in _shape(saved).items()
-            if value != _shape(model_config)[key]
+            f"model.{key}: checkpoint {value} vs config {wanted[key]}"
+            for key, value in saved.items()
+            if value != wanted[key]
         )
         raise UserError(
-            f"checkpoint {path} was trained with another model shape ({differences}); use the "
-            "checkpoint's model settings, another train.out_dir, or train.resume=never"
+            f"checkpoint {checkpoint} was trained with another model shape ({differences}); use "
+            "the checkpoint's model settings, another train.out_dir, or train.resume=never"
         )
-    accelerator.load_state(str(path))
-    return state
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> dict:
+    """Restore the training state from ``checkpoint`` and return its trainer state."""
+    accelerator.load_state(str(checkpoint))
+    return read_trainer_state(checkpoint)
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
@@ -161,7 +358,7 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def list_checkpoints(out_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary folders start with a dot and are skipped)."""
+    """Complete checkpoints, oldest first (temporary and damaged ones are not named step_*)."""
     root = out_dir / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
@@ -194,12 +391,7 @@ def _shape(config: ModelConfig) -> dict:
     return {name: getattr(config, name) for name in fields}
 
 
-def _fsync_tree(folder: Path) -> None:
-    """Flush a folder's files to disk before the rename that publishes them."""
-    for file in folder.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+def first_line(error: BaseException) -> str:
+    """An exception's message in one line (its type if it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -115,6 +115,9 @@ class TrainConfig(Section):
         None,
         description="a local Hugging Face GPT-2 folder to start from instead of random weights",
     )
+    distributed_timeout_minutes: float = Field(
+        5.0, gt=0.0, description="how long a process waits for the others before giving up"
+    )
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 
     @model_validator(mode="after")

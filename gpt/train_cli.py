@@ -33,8 +33,10 @@ def _main(argv: list[str]) -> int:
     from gpt.trainer import train
 
     check_launch(config.train)
-    train(config)
-    return 0
+    try:
+        return train(config).exit_code  # 130 or 143 when a signal stopped it: not finished
+    except KeyboardInterrupt:  # a second Ctrl-C, which stops at once (the trainer said so)
+        return 130
 
 
 def main() -> None:

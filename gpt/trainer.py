@@ -5,7 +5,9 @@ are synchronised across processes on the last micro-step only) and the saving of
 owns what a step means:
 
 * batches come from :class:`gpt.data.TokenData`, keyed by (seed, step, position in the global batch),
-  so the split of the global batch over processes and micro-steps does not change the result;
+  and so do the dropout masks: the global RNG is seeded from the same key before every micro-step.
+  So the split of the global batch over processes and micro-steps changes the result only where
+  it changes the micro-batches, and a resumed run repeats exactly what an uninterrupted one does;
 * AdamW on the model's two parameter groups, the global gradient norm clipped, and the learning
   rate a pure function of the step (warmup, then cosine, linear or constant decay), set before every
   step: the schedule has no state of its own to save, and a resumed run follows the config it is
@@ -13,8 +15,14 @@ owns what a step means:
 * every ``eval_interval`` steps the mean train and val loss over fixed held-out windows; the best-val
   weights are kept as ``model.safetensors`` and ``early_stopping_patience`` evaluations without a new
   best end the run;
-* checkpoints every ``checkpoint_interval`` steps, on SIGINT/SIGTERM and at the end; a non-finite
-  loss stops the run before anything is saved from it.
+* checkpoints every ``checkpoint_interval`` steps, on SIGINT/SIGTERM and at the end. A non-finite
+  loss or gradient norm stops the run before the update is applied, and weights are checked to be
+  finite before anything is saved, so every checkpoint holds finite weights.
+
+A run resumes from the newest intact checkpoint (:mod:`gpt.resume` sets damaged ones aside), or
+starts fresh in an output folder of its own: an earlier run's files are moved to ``earlier_runs/``,
+never mixed in. A process of a multi-process run that loses contact with the others stops with one
+line instead of a traceback.
 """
 
 from __future__ import annotations
@@ -26,25 +34,34 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from gpt.checkpoint import (
     WEIGHTS_FILE,
+    WRITE_ERRORS,
+    check_model_shape,
+    first_line,
     latest_checkpoint,
     load_checkpoint,
+    move_earlier_run_aside,
     save_checkpoint,
     save_model,
+    write_failed,
 )
 from gpt.config import Config, TrainConfig
 from gpt.data import BatchSlice, TokenData
 from gpt.errors import UserError
 from gpt.gpt2 import load_gpt2, pretrained_model_config
 from gpt.model import build_model
+from gpt.resume import resume
 from gpt.throughput import peak_flops, use_tf32
 
 # accelerate warns at every checkpoint that it saved the tied embedding and head once; that is the
@@ -68,7 +85,12 @@ class TrainResult:
     step: int
     best_val_loss: float
     stopped_early: bool
-    interrupted: bool
+    stop_signal: int | None  # the SIGINT or SIGTERM that ended the run early, if one did
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 128 + the signal's number, as a shell reports a process the signal stopped."""
+        return 128 + self.stop_signal if self.stop_signal else 0
 
 
 def learning_rate(step: int, train: TrainConfig) -> float:
@@ -87,6 +109,11 @@ def learning_rate(step: int, train: TrainConfig) -> float:
     return train.min_lr + decay * (train.learning_rate - train.min_lr)
 
 
+def micro_batch_seed(seed: int, step: int, start: int) -> int:
+    """The RNG seed (for dropout) of the micro-batch at ``start`` in step ``step``'s global batch."""
+    return int(np.random.SeedSequence([seed, step, start]).generate_state(1, np.uint64)[0])
+
+
 class MetricsLog:
     """``metrics.jsonl``: one JSON record a line, each with ``step`` and ``kind``."""
 
@@ -95,17 +122,32 @@ class MetricsLog:
         self.enabled = enabled
 
     def write(self, record: dict) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        try:
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
+        except OSError as error:
+            raise write_failed(str(self.path), first_line(error), self.path.parent) from None
 
     def keep_until(self, step: int) -> None:
-        """Drop records past ``step``: a resumed run redoes those steps and logs them again."""
+        """Drop records past ``step``: a resumed run redoes those steps and logs them again.
+
+        A line that does not parse (cut short by a kill while it was written) is past the
+        checkpoint too, and is dropped with them.
+        """
         if not self.enabled or not self.path.exists():
             return
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
         _write_atomically(self.path, "".join(kept))
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class Trainer:
@@ -129,6 +171,9 @@ class Trainer:
             cpu=train.cpu or not torch.accelerator.is_available(),
             log_with="wandb" if wandb_mode != "disabled" else None,
             project_dir=str(self.out_dir),
+            kwargs_handlers=[
+                InitProcessGroupKwargs(timeout=timedelta(minutes=train.distributed_timeout_minutes))
+            ],
         )
         self.device = self.accelerator.device
         use_tf32(train.tf32)
@@ -166,30 +211,45 @@ class Trainer:
     # ----- the run -------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        train = self.config.train
-        self._prepare_out_dir()
-        self._resume()
-        self._start_tracking()
         previous_handlers = self._catch_stop_signals()
         try:
+            self._start()
             if self.state.step == 0:
                 self._evaluate()
             self._loop()
+        except RuntimeError as error:
+            if not self._lost_contact(error):
+                raise
+            raise self._lost_contact_error(error) from None
+        except KeyboardInterrupt:
+            self.accelerator.print(
+                f"\nstopped at once by a second interrupt at step {self.state.step}; "
+                f"{self._newest_checkpoint()}: run the same command again to resume from it"
+            )
+            raise
         finally:
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
             self.accelerator.end_training()
-        best = self.state.best_val_loss
-        self.accelerator.print(
-            f"done at step {self.state.step}/{train.max_iters}; best val loss {best:.4f}; "
-            f"weights in {self.out_dir / WEIGHTS_FILE}"
-        )
+        return self._finish()
+
+    def _finish(self) -> TrainResult:
+        train, best = self.config.train, self.state.best_val_loss
+        finished = self.state.step >= train.max_iters or self.state.stopped_early
+        interrupted = self._stop_signal is not None and not finished
+        if interrupted:
+            self.accelerator.print(
+                f"interrupted at step {self.state.step}; checkpoint saved; run the same command "
+                "again to resume"
+            )
+        else:
+            self.accelerator.print(
+                f"done at step {self.state.step}/{train.max_iters}; best val loss {best:.4f}; "
+                f"weights in {self.out_dir / WEIGHTS_FILE}"
+            )
+        stop_signal = self._stop_signal if interrupted else None
         return TrainResult(
-            self.out_dir,
-            self.state.step,
-            best,
-            self.state.stopped_early,
-            self._stop_signal is not None,
+            self.out_dir, self.state.step, best, self.state.stopped_early, stop_signal
         )
 
     def _loop(self) -> None:
@@ -206,15 +266,16 @@ class Trainer:
             while self.state.step < train.max_iters and not self.state.stopped_early:
                 loss, grad_norm, stop_requested = self._train_step(self.state.step)
                 if not math.isfinite(loss):
-                    self._diverged(loss)
+                    raise self._diverged(f"the loss became {loss}", self.state.step + 1)
+                if not math.isfinite(grad_norm) and not self._scaler_skips_overflows:
+                    raise self._diverged(
+                        f"the gradient norm became {grad_norm}", self.state.step + 1
+                    )
                 self.state.step += 1
                 progress.update(1)
                 self._after_step(loss, grad_norm, progress, stop_requested)
-                if stop_requested:
-                    self.accelerator.print(
-                        f"\nstopped by signal at step {self.state.step}; checkpoint saved, "
-                        "run the same command again to resume"
-                    )
+                if stop_requested:  # a process that was not signalled stops as if terminated
+                    self._stop_signal = self._stop_signal or signal.SIGTERM
                     break
         finally:
             progress.close()
@@ -233,6 +294,7 @@ class Trainer:
         if step % train.eval_interval == 0 or finished:
             self._evaluate()
         if stop or finished or self.state.stopped_early or step % train.checkpoint_interval == 0:
+            self._check_weights_are_finite()
             state = self._trainer_state()
             save_checkpoint(self.accelerator, self.out_dir, state, train.keep_checkpoints)
 
@@ -247,6 +309,7 @@ class Trainer:
 
         Returns the loss averaged over the global batch, the gradient norm before clipping, and
         whether any process was asked to stop (so all processes agree to stop at the same step).
+        A non-finite gradient norm (the same on every process) skips the update.
         """
         train = self.config.train
         accelerator = self.accelerator
@@ -256,13 +319,16 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         grad_norm = torch.zeros((), device=self.device)
         for micro_step in range(train.gradient_accumulation_steps):
-            inputs, targets = self._batch(step, micro_step)
+            part = self._batch_slice(micro_step)
+            inputs, targets = self._to_device(self.data.train_batch(train.seed, step, part))
+            torch.manual_seed(micro_batch_seed(train.seed, step, part.start))  # dropout masks
             with accelerator.accumulate(self.model):
                 _, loss = self.forward(inputs, targets)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
-                self.optimizer.step()
+                    if self._scaler_skips_overflows or torch.isfinite(grad_norm):
+                        self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
         summary = torch.stack(
@@ -277,9 +343,11 @@ class Trainer:
         loss_value, grad_norm_value, stop = summary.tolist()
         return loss_value, grad_norm_value, stop > 0
 
-    def _batch(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.data.train_batch(self.config.train.seed, step, self._batch_slice(micro_step))
-        return self._to_device(batch)
+    @property
+    def _scaler_skips_overflows(self) -> bool:
+        """fp16's gradient scaler sees infinite gradients by design, skips the step and lowers
+        its scale; only without one is a non-finite gradient norm divergence."""
+        return self.accelerator.scaler is not None
 
     def _batch_slice(self, micro_step: int) -> BatchSlice:
         """This process's share of a global batch in ``micro_step``."""
@@ -352,50 +420,81 @@ class Trainer:
 
     def _save_best_weights(self) -> None:
         """Write the current weights as ``model.safetensors`` (gathered if sharded)."""
+        self._check_weights_are_finite()
         state_dict = self.accelerator.get_state_dict(self.model)
         if self.accelerator.is_main_process:
             model = build_model(self.model_config)
             model.load_state_dict(state_dict)
-            save_model(self.out_dir / WEIGHTS_FILE, model)
+            path = self.out_dir / WEIGHTS_FILE
+            try:
+                save_model(path, model)
+            except WRITE_ERRORS as error:
+                raise write_failed(
+                    f"the best weights {path}", first_line(error), self.out_dir
+                ) from None
 
-    # ----- output folder, resuming, tracking ------------------------------------------------------
+    # ----- starting: resume or a fresh output folder ----------------------------------------------
 
-    def _prepare_out_dir(self) -> None:
+    def _start(self) -> None:
+        """Resume as ``train.resume`` says, or start fresh; then describe the run in its folder.
+
+        Everything that could refuse the resume is checked before anything is written.
+        """
+        train = self.config.train
+        resumed = resume(self.accelerator, train.resume, self.out_dir, self._check, self._restore)
         if self.accelerator.is_main_process:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomically(self.out_dir / "config.yaml", self._resolved_config().to_yaml())
-            _write_atomically(
-                self.out_dir / "tokenizer.json",
-                self.data.tokenizer_path.read_text(encoding="utf-8"),
-            )
+            if resumed:
+                self.metrics.keep_until(self.state.step)
+            else:
+                self._move_earlier_run_aside()
+            self._write_run_description()
         self.accelerator.wait_for_everyone()
+        if resumed:
+            self.accelerator.print(f"resumed from {resumed} at step {self.state.step}")
+        self._start_tracking()
+
+    def _check(self, checkpoint: Path) -> None:
+        """Refuse a checkpoint of another model shape or tokenizer (a :class:`UserError`)."""
+        check_model_shape(checkpoint, self.model_config)
+        self._check_same_tokenizer(checkpoint.parent.parent / "tokenizer.json")
+
+    def _restore(self, checkpoint: Path) -> None:
+        saved = load_checkpoint(self.accelerator, checkpoint)
+        self.state = TrainState(**{key: saved[key] for key in asdict(TrainState())})
+
+    def _check_same_tokenizer(self, trained_with: Path) -> None:
+        """The same vocabulary size with another tokenizer would train on ids meaning other text."""
+        data_tokenizer = self.data.tokenizer_path
+        if trained_with.is_file() and trained_with.read_bytes() != data_tokenizer.read_bytes():
+            raise UserError(
+                f"the data's tokenizer {data_tokenizer} differs from {trained_with}, the one this "
+                "run was trained with; resume on the data it was trained on (or on data prepared "
+                f"with --tokenizer {trained_with}), or start a new run with train.resume=never or "
+                "another train.out_dir"
+            )
+
+    def _move_earlier_run_aside(self) -> None:
+        moved = move_earlier_run_aside(self.out_dir)
+        if moved:
+            self.accelerator.print(
+                f"moved the earlier run in {self.out_dir} to {moved}; starting a new run"
+            )
+
+    def _write_run_description(self) -> None:
+        """config.yaml and tokenizer.json: with them the folder is all that sampling needs."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self.out_dir / "config.yaml", self._resolved_config().to_yaml())
+        _write_atomically(
+            self.out_dir / "tokenizer.json", self.data.tokenizer_path.read_text(encoding="utf-8")
+        )
 
     def _resolved_config(self) -> Config:
         return self.config.model_copy(update={"model": self.model_config})
 
-    def _resume(self) -> None:
-        resume = self.config.train.resume
-        if resume == "never":
-            checkpoint = None
-        elif resume == "auto":
-            checkpoint = latest_checkpoint(self.out_dir)
-        else:
-            checkpoint = Path(resume)
-            if not checkpoint.is_dir():
-                raise UserError(
-                    f"train.resume={resume}: no such checkpoint folder; use auto, never or an "
-                    "existing checkpoints/step_* folder"
-                )
-        if checkpoint is None:
-            self.metrics.keep_until(-1)
-            return
-        saved = load_checkpoint(self.accelerator, checkpoint, self.model_config)
-        self.state = TrainState(**{k: saved[k] for k in asdict(TrainState())})
-        self.metrics.keep_until(self.state.step)
-        self.accelerator.print(f"resumed from {checkpoint} at step {self.state.step}")
-
     def _trainer_state(self) -> dict:
         return {**asdict(self.state), "model_config": self.model_config.model_dump(mode="json")}
+
+    # ----- tracking ------------------------------------------------------------------------------
 
     def _start_tracking(self) -> None:
         """W&B through accelerate's tracker; a tracker that fails to start never stops training."""
@@ -444,24 +543,57 @@ class Trainer:
     # ----- stopping ------------------------------------------------------------------------------
 
     def _catch_stop_signals(self) -> dict:
-        """SIGINT and SIGTERM end the current step, save a checkpoint and stop cleanly."""
+        """The first SIGINT or SIGTERM ends the current step, saves a checkpoint and stops.
+
+        A second one of the same kind gets the handler from before this run: Python's, so a second
+        Ctrl-C raises KeyboardInterrupt and a second SIGTERM ends the process, at once.
+        """
+        previous = {}
 
         def request_stop(signum, frame):
             self._stop_signal = signum
+            signal.signal(signum, previous[signum])
 
-        previous = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, request_stop)
+            previous[signum] = signal.signal(signum, request_stop) or signal.SIG_DFL
         return previous
 
-    def _diverged(self, loss: float) -> None:
-        checkpoint = latest_checkpoint(self.out_dir)
-        kept = (
-            f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
+    def _check_weights_are_finite(self) -> None:
+        """Defence in depth before any save: an update can overflow finite gradients (an absurd
+        learning rate, say) into infinite weights, which must never be saved."""
+        non_finite = sum(
+            (~torch.isfinite(_local(p.detach())).all()).float() for p in self.model.parameters()
         )
-        raise UserError(
-            f"the training loss became {loss} at step {self.state.step + 1}; stopped, and {kept}; "
-            "lower train.learning_rate, raise train.warmup_iters or set train.grad_clip"
+        if self.accelerator.reduce(non_finite, reduction="sum").item() > 0:
+            raise self._diverged("the update made the weights non-finite", self.state.step)
+
+    def _diverged(self, what: str, step: int) -> UserError:
+        return UserError(
+            f"training diverged at step {step}: {what}; stopped before saving anything from it; "
+            f"{self._newest_checkpoint()}, with finite weights; lower train.learning_rate, raise "
+            "train.warmup_iters or set train.grad_clip"
+        )
+
+    def _newest_checkpoint(self) -> str:
+        newest = latest_checkpoint(self.out_dir)
+        return (
+            f"the newest complete checkpoint is {newest}" if newest else "no checkpoint was saved"
+        )
+
+    def _lost_contact(self, error: RuntimeError) -> bool:
+        """Whether ``error`` says another process is gone. NCCL raises DistBackendError (a
+        DistError); gloo raises a plain RuntimeError that names its own source files."""
+        distributed = isinstance(error, torch.distributed.DistError) or "gloo" in str(error)
+        return self.accelerator.num_processes > 1 and distributed
+
+    def _lost_contact_error(self, error: RuntimeError) -> UserError:
+        accelerator = self.accelerator
+        reason = first_line(error)
+        return UserError(
+            f"rank {accelerator.process_index} of {accelerator.num_processes} lost contact with "
+            f"the other processes at step {self.state.step + 1} ({reason}); another process died "
+            f"or its machine is unreachable (see its log); {self._newest_checkpoint()}: run the "
+            "same command again on every machine to resume"
         )
 
 
@@ -469,7 +601,17 @@ def train(config: Config) -> TrainResult:
     return Trainer(config).run()
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a parameter that FSDP shards, else the parameter itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
 def _write_atomically(path: Path, text: str) -> None:
+    """Write a file of the output folder under a temporary name, then rename it."""
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise write_failed(str(path), first_line(error), path.parent) from None

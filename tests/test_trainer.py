@@ -18,7 +18,7 @@ from gpt.config import TrainConfig
 from gpt.data import BatchSlice, TokenData
 from gpt.trainer import learning_rate
 
-from .conftest import ROOT, run_python
+from .conftest import CORPUS, ROOT, run_python
 
 TINY = [
     "model.n_layer=2",
@@ -33,6 +33,7 @@ TINY = [
     "train.eval_iters=4",
     "train.log_interval=5",
     "train.wandb.mode=disabled",
+    "train.cpu=true",  # bitwise results are promised on the CPU; 2 processes need no 2 GPUs
 ]
 
 
@@ -239,6 +240,28 @@ def test_the_same_global_batch_trains_the_same_model_however_it_is_split(
         )
 
 
+@pytest.mark.slow
+def test_with_dropout_the_same_micro_batches_train_the_same_model(shakespeare_char, tmp_path):
+    """Dropout masks are keyed by the micro-batch's place in the global batch, like its data."""
+    dropout = [*EQUIVALENCE, "model.dropout=0.2", "train.batch_size=4"]
+    accumulated = tmp_path / "one_process_batch_4_accumulate_2"
+    two_processes = tmp_path / "two_processes_batch_4"
+    runs = [
+        run_python(
+            *train_args(
+                shakespeare_char, accumulated, *dropout, "train.gradient_accumulation_steps=2"
+            )
+        ),
+        run_python(
+            *accelerate_launch(machines=1, machine_rank=0, port=free_port()),
+            *train_args(shakespeare_char, two_processes, *dropout),
+        ),
+    ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_weights(final_weights(accumulated), final_weights(two_processes), atol=2e-5)
+
+
 RESUME = [
     "train.max_iters=120",
     "train.eval_interval=40",
@@ -276,7 +299,7 @@ def test_a_run_killed_with_sigkill_resumes_to_bitwise_identical_weights(shakespe
     assert steps == [(r["kind"], r["step"]) for r in read_metrics(uninterrupted)]
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(shakespeare_char, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_with_the_signals_code(shakespeare_char, tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen(
         [
@@ -298,11 +321,15 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(shakespeare_char, tmp_path
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr
-    assert "stopped by signal" in stdout
+    assert process.returncode == 128 + signal.SIGTERM, stderr  # so `train.py && sample.py` stops
     (checkpoint,) = (out / "checkpoints").glob("step_*")
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert 5 <= state["step"] < 100000
+    assert (
+        f"interrupted at step {state['step']}; checkpoint saved; run the same command again "
+        "to resume" in stdout
+    )
+    assert "done at step" not in stdout
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(shakespeare_char, tmp_path):
@@ -329,24 +356,167 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(shakespeare
         )
     )
     assert result.returncode == 2
-    assert "training loss became" in result.stderr and "step_0000010" in result.stderr
+    assert "training diverged at step" in result.stderr and "step_0000010" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000010"]
     assert_same_weights(before, final_weights(out))
 
 
-def test_resuming_with_another_model_shape_is_refused(shakespeare_char, tmp_path):
+def test_an_update_that_makes_the_weights_non_finite_is_never_saved(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    good = run_python(
+        *train_args(
+            shakespeare_char,
+            out,
+            "train.max_iters=10",
+            "train.checkpoint_interval=10",
+            "train.keep_checkpoints=10",
+        )
+    )
+    assert good.returncode == 0, good.stderr
+    # finite gradients, but a step size that overflows float32: the update itself makes the
+    # weights infinite, and the loss computed before it was finite
+    result = run_python(
+        *train_args(
+            shakespeare_char,
+            out,
+            "train.max_iters=30",
+            "train.checkpoint_interval=1",
+            "train.keep_checkpoints=10",
+            "train.learning_rate=1e39",
+            "train.min_lr=1e39",
+        )
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "training diverged at step 11" in result.stderr
+    assert "step_0000010" in result.stderr
+    for checkpoint in (out / "checkpoints").glob("step_*"):
+        for name, tensor in load_file(checkpoint / "model.safetensors").items():
+            assert torch.isfinite(tensor).all(), (checkpoint.name, name)
+    for name, tensor in load_file(out / "model.safetensors").items():
+        assert torch.isfinite(tensor).all(), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16's gradient scaler needs CUDA")
+def test_fp16_steps_that_the_gradient_scaler_skips_do_not_stop_the_run(shakespeare_char, tmp_path):
+    from gpt.config import load_config
+    from gpt.trainer import Trainer
+
+    out = tmp_path / "run"
+    args = train_args(shakespeare_char, out, "train.max_iters=60", "train.log_interval=1")
+    config = load_config(args[1], [*args[2:], "train.mixed_precision=fp16", "train.cpu=false"])
+    trainer = Trainer(config)
+    trainer.accelerator.scaler._init_scale = 2.0**40  # the first steps' gradients overflow fp16
+    result = trainer.run()
+    assert result.step == 60
+    norms = [r["grad_norm"] for r in read_metrics(out) if r["kind"] == "train"]
+    assert not math.isfinite(norms[0])  # skipped by the scaler, which then lowered its scale
+    assert math.isfinite(norms[-1])
+
+
+def test_resuming_with_another_model_shape_is_refused_before_anything_is_written(
+    shakespeare_char, tmp_path
+):
     out = tmp_path / "run"
     assert run_python(*train_args(shakespeare_char, out, "train.max_iters=5")).returncode == 0
+    before = {name: (out / name).read_bytes() for name in ("config.yaml", "tokenizer.json")}
     result = run_python(*train_args(shakespeare_char, out, "train.max_iters=10", "model.n_layer=3"))
     assert result.returncode == 2
     assert "another model shape (model.n_layer: checkpoint 2 vs config 3)" in result.stderr
+    assert {name: (out / name).read_bytes() for name in before} == before
     fresh = run_python(
         *train_args(
             shakespeare_char, out, "train.max_iters=5", "model.n_layer=3", "train.resume=never"
         )
     )
     assert fresh.returncode == 0, fresh.stderr
+
+
+def test_resuming_on_data_with_another_tokenizer_is_refused(shakespeare_char, tmp_path):
+    """Same vocabulary size, other characters: the ids would mean other text."""
+    corpus = tmp_path / "renamed.txt"
+    corpus.write_text(CORPUS.read_text().replace("Z", "~"))  # 65 characters still
+    other = tmp_path / "other_data"
+    prepared = run_python(
+        "-m", "data_prep", "--input", str(corpus), "--tokenizer", "char", "--out", str(other)
+    )
+    assert prepared.returncode == 0, prepared.stderr
+    assert json.loads((other / "meta.json").read_text())["vocab_size"] == 65
+    out = tmp_path / "run"
+    assert run_python(*train_args(shakespeare_char, out, "train.max_iters=5")).returncode == 0
+    before = {name: (out / name).read_bytes() for name in ("config.yaml", "tokenizer.json")}
+
+    result = run_python(*train_args(other, out, "train.max_iters=10"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"{other / 'tokenizer.json'} differs from {out / 'tokenizer.json'}" in result.stderr
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_a_fresh_start_moves_the_earlier_run_aside_and_never_mixes_two_runs(
+    shakespeare_char, tmp_path
+):
+    """An earlier run's checkpoints (at steps past the new run's) never meet the new run's."""
+    out = tmp_path / "run"
+    periodic = ["train.checkpoint_interval=10", "train.eval_interval=10"]
+    old = run_python(*train_args(shakespeare_char, out, "train.max_iters=30", *periodic))
+    assert old.returncode == 0, old.stderr
+    earlier = {
+        path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()
+    }
+
+    new = run_python(
+        *train_args(
+            shakespeare_char,
+            out,
+            "train.max_iters=20",
+            "train.seed=7",
+            "train.resume=never",
+            *periodic,
+        )
+    )
+    assert new.returncode == 0, new.stderr
+    (moved,) = (out / "earlier_runs").iterdir()
+    assert f"moved the earlier run in {out} to {moved}" in new.stdout
+    assert {
+        path.relative_to(moved): path.read_bytes() for path in moved.rglob("*") if path.is_file()
+    } == earlier
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_0000010",
+        "step_0000020",
+    ]
+    new_evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    assert [r["step"] for r in new_evals] == [0, 10, 20]
+
+    resumed = run_python(
+        *train_args(shakespeare_char, out, "train.max_iters=40", "train.seed=7", *periodic)
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {out / 'checkpoints' / 'step_0000020'} at step 20" in resumed.stdout
+    evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 10, 20, 30, 40]
+    assert evals[:3] == new_evals  # the new run's history, continued
+    best = min(r["val_loss"] for r in evals)
+    assert f"best val loss {best:.4f}" in resumed.stdout
+
+
+def test_a_metrics_line_cut_by_a_kill_is_dropped_on_resume(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    args = ["train.checkpoint_interval=10", "train.eval_interval=10"]
+    first = run_python(*train_args(shakespeare_char, out, "train.max_iters=10", *args))
+    assert first.returncode == 0, first.stderr
+    with (out / "metrics.jsonl").open("a") as metrics:  # what a kill during the write leaves
+        metrics.write('{"step": 11, "kind": "train", "loss": 3.1')
+    resumed = run_python(*train_args(shakespeare_char, out, "train.max_iters=20", *args))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    steps = [(r["kind"], r["step"]) for r in read_metrics(out)]
+    assert steps == [
+        ("eval", 0), ("train", 5), ("train", 10), ("eval", 10), ("train", 15), ("train", 20),
+        ("eval", 20),
+    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

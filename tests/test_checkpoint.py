@@ -1,0 +1,196 @@
+"""Checkpoints on disk: sub-folders, the manifest, and damaged files met on resume.
+
+Damage is done to real checkpoints of a real run, then the real command resumes: a truncated file,
+an emptied one, garbage bytes, and a pickle that would create a file if anything unpickled it.
+"""
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from gpt.checkpoint import find_damage, save_checkpoint
+from gpt.config import ModelConfig
+
+from .test_trainer import run_python, train_args
+
+STATE_FILES = ["model.safetensors", "optimizer.bin", "random_states_0.pkl", "trainer_state.json"]
+FIVE_CHECKPOINTS = [
+    "train.max_iters=5",
+    "train.checkpoint_interval=1",
+    "train.keep_checkpoints=10",
+    "train.eval_interval=5",
+]
+
+
+def test_a_checkpoint_with_sub_folders_is_written_and_verified(tmp_path):
+    """FSDP's sharded state is written as sub-folders (pytorch_model_fsdp_0/, optimizer_0/)."""
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(4, 4)
+    model, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters()))
+
+    def write_shards_like_fsdp(models, weights, output_dir):
+        for folder in ("pytorch_model_fsdp_0", "optimizer_0"):
+            (Path(output_dir) / folder).mkdir()
+            (Path(output_dir) / folder / "__0_0.distcp").write_bytes(b"shard " * 100)
+
+    accelerator.register_save_state_pre_hook(write_shards_like_fsdp)
+    state = {"step": 3, "model_config": ModelConfig().model_dump(mode="json")}
+    checkpoint = save_checkpoint(accelerator, tmp_path, state, keep=2)
+
+    assert checkpoint == tmp_path / "checkpoints" / "step_0000003"
+    assert (checkpoint / "optimizer_0" / "__0_0.distcp").read_bytes() == b"shard " * 100
+    assert find_damage(checkpoint) is None
+    (checkpoint / "optimizer_0" / "__0_0.distcp").write_bytes(b"shard " * 99)
+    assert "optimizer_0/__0_0.distcp" in find_damage(checkpoint)
+
+
+# ----- damaged checkpoints met on resume ---------------------------------------------------------
+
+
+class Payload:
+    """Unpickled, this creates ``marker``: proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def truncate(path: Path, marker: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def empty(path: Path, marker: Path) -> None:
+    path.write_bytes(b"")
+
+
+def garbage(path: Path, marker: Path) -> None:
+    path.write_bytes(random.Random(0).randbytes(max(path.stat().st_size, 64)))
+
+
+def plant_pickle(path: Path, marker: Path) -> None:
+    torch.save(Payload(marker), path)
+
+
+DAMAGE = {5: truncate, 4: empty, 3: garbage, 2: plant_pickle}  # checkpoint step: what is done to it
+
+
+@pytest.fixture(scope="module")
+def five_checkpoints(shakespeare_char, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("five") / "run"
+    result = run_python(*train_args(shakespeare_char, out, *FIVE_CHECKPOINTS))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def checkpoint(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"step_{step:07d}"
+
+
+def test_the_planted_pickle_runs_code_when_unpickled(tmp_path):
+    """The payload of these tests is live: loading it without weights_only creates the marker."""
+    marker = tmp_path / "payload-ran"
+    plant_pickle(tmp_path / "state.bin", marker)
+    torch.load(tmp_path / "state.bin", weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("name", STATE_FILES)
+def test_damaged_checkpoints_are_set_aside_and_the_newest_intact_one_resumes(
+    name, five_checkpoints, shakespeare_char, tmp_path
+):
+    out, marker = tmp_path / "run", tmp_path / "payload-ran"
+    shutil.copytree(five_checkpoints, out)
+    damaged = {}
+    for step, damage in DAMAGE.items():
+        damage(checkpoint(out, step) / name, marker)
+        damaged[step] = (checkpoint(out, step) / name).read_bytes()
+
+    result = run_python(*train_args(shakespeare_char, out, *FIVE_CHECKPOINTS, "train.max_iters=6"))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not marker.exists()
+    for step, content in damaged.items():
+        aside = out / "checkpoints" / f"damaged-step_{step:07d}"
+        assert f"checkpoint {checkpoint(out, step)} is damaged ({name}" in result.stdout
+        assert f"set aside as {aside}; trying step_{step - 1:07d}" in result.stdout
+        assert (aside / name).read_bytes() == content  # kept as found, for a post-mortem
+    assert f"resumed from {checkpoint(out, 1)} at step 1" in result.stdout
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == [
+        f"step_{step:07d}" for step in range(1, 7)
+    ]
+
+
+def test_a_checkpoint_that_matches_its_manifest_but_does_not_load_is_set_aside(
+    five_checkpoints, shakespeare_char, tmp_path
+):
+    """A foreign checkpoint, consistent with itself: the loading refuses it, and runs nothing."""
+    out, marker = tmp_path / "run", tmp_path / "payload-ran"
+    shutil.copytree(five_checkpoints, out)
+    plant_pickle(checkpoint(out, 5) / "optimizer.bin", marker)
+    garbage(checkpoint(out, 4) / "model.safetensors", marker)
+    for step in (5, 4):
+        rewrite_manifest(checkpoint(out, step))
+
+    result = run_python(*train_args(shakespeare_char, out, *FIVE_CHECKPOINTS, "train.max_iters=6"))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not marker.exists()
+    for step in (5, 4):
+        assert f"checkpoint {checkpoint(out, step)} could not be loaded (" in result.stdout
+        assert (out / "checkpoints" / f"damaged-step_{step:07d}").is_dir()
+    assert f"resumed from {checkpoint(out, 3)} at step 3" in result.stdout
+
+
+def rewrite_manifest(folder: Path) -> None:
+    """Make the manifest in trainer_state.json describe the files as they are now."""
+    import hashlib
+
+    state_file = folder / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    for name, entry in state["files"].items():
+        content = (folder / name).read_bytes()
+        entry.update(size=len(content), sha256=hashlib.sha256(content).hexdigest())
+    state_file.write_text(json.dumps(state))
+
+
+def test_an_explicitly_chosen_damaged_checkpoint_is_refused(
+    five_checkpoints, shakespeare_char, tmp_path
+):
+    out = tmp_path / "run"
+    shutil.copytree(five_checkpoints, out)
+    chosen = checkpoint(out, 3)
+    truncate(chosen / "optimizer.bin", tmp_path)
+    result = run_python(
+        *train_args(
+            shakespeare_char, out, *FIVE_CHECKPOINTS, "train.max_iters=6", f"train.resume={chosen}"
+        )
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(
+        f"error: train.resume={chosen}: the checkpoint is damaged (optimizer.bin"
+    )
+    assert not list((out / "checkpoints").glob("damaged-*"))  # nothing moved: the user chose it
+
+
+def test_with_no_intact_checkpoint_left_the_run_stops_and_suggests_starting_over(
+    five_checkpoints, shakespeare_char, tmp_path
+):
+    out = tmp_path / "run"
+    shutil.copytree(five_checkpoints, out)
+    for step in range(1, 6):
+        empty(checkpoint(out, step) / "trainer_state.json", tmp_path)
+    result = run_python(*train_args(shakespeare_char, out, *FIVE_CHECKPOINTS))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"no intact checkpoint in {out / 'checkpoints'}" in result.stderr
+    assert "train.resume=never" in result.stderr
+    assert len(list((out / "checkpoints").glob("damaged-step_*"))) == 5
