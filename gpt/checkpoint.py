@@ -38,9 +38,9 @@ import safetensors
 import safetensors.torch
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
 from pydantic import ValidationError
 
+from gpt.agreement import first_problem
 from gpt.config import ModelConfig
 from gpt.errors import UserError
 from gpt.lm import LanguageModel
@@ -160,12 +160,11 @@ def save_checkpoint(accelerator: Accelerator, out_dir: Path, state: dict, keep: 
         partial(_publish, temporary, final, state) if main else None,
     ]
     for phase in phases:
-        error = _attempt(phase)
-        errors = list(filter(None, gather_object([error])))  # waits for every process
-        if errors:
+        error = first_problem(accelerator, _attempt(phase))  # waits for every process
+        if error:
             if main:
                 shutil.rmtree(temporary, ignore_errors=True)
-            raise write_failed(f"checkpoint {final}", errors[0], out_dir)
+            raise write_failed(f"checkpoint {final}", error, out_dir)
     if main:
         for old in list_checkpoints(out_dir)[:-keep]:
             shutil.rmtree(old)

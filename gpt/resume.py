@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object
 
+from gpt.agreement import first_problem
 from gpt.checkpoint import (
     CHECKPOINTS_DIR,
     find_damage,
@@ -99,7 +99,7 @@ def _try(
 ) -> str | None:
     """Restore ``checkpoint``: None if done, else what is wrong with it (the same on every process)."""
     damage = find_damage(checkpoint) if accelerator.is_main_process else None
-    damage = broadcast_object_list([damage])[0]  # rank 0 alone reads the files through
+    damage = first_problem(accelerator, damage)  # rank 0 alone reads the files through
     if damage:
         return f"is damaged ({damage})"
     check(checkpoint)
@@ -108,7 +108,7 @@ def _try(
         failure = None
     except Exception as error:  # whatever the reason, the checkpoint cannot be resumed
         failure = f"{type(error).__name__}: {first_line(error)}"
-    failures = list(filter(None, gather_object([failure])))  # the same on every process
-    if failures:
-        return f"could not be loaded ({failures[0]})"
+    failure = first_problem(accelerator, failure)  # the same on every process
+    if failure:
+        return f"could not be loaded ({failure})"
     return None

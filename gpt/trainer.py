@@ -217,6 +217,9 @@ class Trainer:
             if self.state.step == 0:
                 self._evaluate()
             self._loop()
+            # The last collective of a run is an all_gather or all_reduce; with gloo, tearing the
+            # process group down right after one made a process abort at exit now and then.
+            self.accelerator.wait_for_everyone()
         except RuntimeError as error:
             if not self._lost_contact(error):
                 raise

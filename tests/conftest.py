@@ -15,6 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# One thread per process: tests start several torch processes at once (2-process launches, a
+# launcher beside its workers), and torch's spinning threads then slow each other down manyfold.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def run_python(*args: str, cwd: Path = ROOT, timeout: float = 300, env: dict | None = None):
