@@ -325,11 +325,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_the_signals_code(shakespeare_
     (checkpoint,) = (out / "checkpoints").glob("step_*")
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert 5 <= state["step"] < 100000
-    assert (
-        f"interrupted at step {state['step']}; checkpoint saved; run the same command again "
-        "to resume" in stdout
-    )
-    assert "done at step" not in stdout
+    (ending,) = [line for line in stdout.splitlines() if line.startswith("interrupted")]
+    assert ending.startswith(f"interrupted at step {state['step']} of 100000 (SIGTERM); ")
+    assert ending.endswith("; checkpoint saved: run the same command again to resume")
+    assert "finished at step" not in stdout
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(shakespeare_char, tmp_path):
@@ -558,9 +557,13 @@ def test_early_stopping_keeps_the_best_val_weights(overfitting_data, tmp_path):
         )
     )
     assert result.returncode == 0, result.stderr
-    assert "early stopping at step" in result.stdout
     evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
     best = min(range(len(evals)), key=lambda i: evals[i]["val_loss"])
+    assert (
+        f"stopped early at step {evals[-1]['step']} of 2000 (val loss did not improve for 3 "
+        f"evaluations); best val loss {evals[best]['val_loss']:.4f} at step {evals[best]['step']}; "
+        f"weights in {out / 'model.safetensors'}" in result.stdout
+    )
     assert len(evals) == best + 4  # three evaluations without progress after the best
     assert evals[-1]["step"] < 2000
     assert evals[-1]["best_val_loss"] == evals[best]["val_loss"]
