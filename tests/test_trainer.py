@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -227,9 +228,12 @@ def test_the_same_global_batch_trains_the_same_model_however_it_is_split(
         )
         for rank in (0, 1)
     ]
+    said = []
     for machine in machines:
-        _, stderr = machine.communicate(timeout=300)
+        stdout, stderr = machine.communicate(timeout=300)
         assert machine.returncode == 0, stderr[-3000:]
+        said.append([line for line in stdout.splitlines() if line.startswith("device ")])
+    assert said == [["device     cpu, 2 processes on 2 machines"], []]  # the main process says it
 
     expected = final_weights(reference)
     for other in (accumulated, two_processes, two_machines):
@@ -604,15 +608,27 @@ def test_wandb_offline_run_is_written_with_the_logged_metrics(shakespeare_char, 
 
 
 def wandb_history(run_file: Path) -> list[dict]:
-    """The history rows of an offline W&B run file.
+    """The history rows of an offline W&B run file."""
+    return [
+        {
+            item.key or "/".join(item.nested_key): json.loads(item.value_json)
+            for item in record.history.item
+        }
+        for record in wandb_records(run_file)
+        if record.WhichOneof("record_type") == "history"
+    ]
+
+
+def wandb_records(run_file: Path) -> Iterator:
+    """The records of an offline W&B run file (protobuf ``Record``s: the run, history rows, ...).
 
     The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each chunk a
     7-byte header (checksum, length, type) and data; a record is one FULL chunk or FIRST, MIDDLE...,
-    LAST chunks. Each record is a protobuf ``Record``.
+    LAST chunks.
     """
     from wandb.proto import wandb_internal_pb2
 
-    raw, block, position, pending, rows = run_file.read_bytes(), 32768, 7, b"", []
+    raw, block, position, pending = run_file.read_bytes(), 32768, 7, b""
     while position + 7 <= len(raw):
         if block - position % block < 7:  # a block's tail too short for a header is padding
             position += block - position % block
@@ -624,11 +640,4 @@ def wandb_history(run_file: Path) -> list[dict]:
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
             pending = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append(
-                    {
-                        item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                        for item in record.history.item
-                    }
-                )
-    return rows
+            yield record
