@@ -162,9 +162,10 @@ def fit_warmup_to_run(train: TrainConfig) -> tuple[TrainConfig, str | None]:
     if train.warmup_iters < train.max_iters:
         return train, None
     shorter = train.max_iters // 10
+    steps = "step" if shorter == 1 else "steps"
     note = (
         f"train.warmup_iters={train.warmup_iters} is not shorter than the run "
-        f"(train.max_iters={train.max_iters}); warming up for {shorter} steps, a tenth of the run"
+        f"(train.max_iters={train.max_iters}); warming up for {shorter} {steps}, a tenth of the run"
     )
     return train.model_copy(update={"warmup_iters": shorter}), note
 

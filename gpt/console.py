@@ -53,8 +53,8 @@ def startup_block(facts: RunFacts) -> str:
         ("precision", _precision(facts.mixed_precision, facts.tf32)),
         ("model", f"{facts.arch}, {facts.parameters:,} parameters"),
         (
-            "step",
-            f"{tokens_per_step:,} tokens = batch {facts.batch_size} x accumulation "
+            "batch",
+            f"{tokens_per_step:,} tokens a step = batch {facts.batch_size} x accumulation "
             f"{facts.accumulation} x {_plural(facts.processes, 'process')} x block "
             f"{facts.block_size}",
         ),

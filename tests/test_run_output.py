@@ -51,7 +51,9 @@ def test_the_startup_block_says_how_many_processes_and_how_the_step_splits():
     assert single["device"] == "cpu, 1 process"  # one process launched by mistake shows
     assert single["precision"] == "fp32"
     assert single["model"] == "gpt, 801,536 parameters"
-    assert single["step"] == "4,096 tokens = batch 32 x accumulation 1 x 1 process x block 128"
+    assert (
+        single["batch"] == "4,096 tokens a step = batch 32 x accumulation 1 x 1 process x block 128"
+    )
     assert single["data"] == "data/shakespeare_char: 1,003,856 train, 111,538 val tokens"
     assert "warmup" not in single and "W&B" not in single
 
@@ -67,7 +69,9 @@ def test_the_startup_block_says_how_many_processes_and_how_the_step_splits():
     )  # fmt: skip
     assert gpus["device"] == "cuda (NVIDIA H200), 16 processes on 2 machines"
     assert gpus["precision"] == "bf16 mixed precision, TF32 matrix products on"
-    assert gpus["step"] == "983,040 tokens = batch 12 x accumulation 5 x 16 processes x block 1024"
+    assert gpus["batch"] == (
+        "983,040 tokens a step = batch 12 x accumulation 5 x 16 processes x block 1024"
+    )
     assert gpus["data"].endswith(": 9 train, 2 val, 1 test tokens")
     assert (gpus["warmup"], gpus["W&B"]) == ("shortened", "offline run")
 
@@ -109,7 +113,7 @@ def test_a_run_logged_to_a_file_says_what_it_is_and_has_a_plain_line_per_log_int
         "device": "cpu, 1 process",
         "precision": "fp32",
         "model": f"gpt, {parameters:,} parameters",
-        "step": "256 tokens = batch 8 x accumulation 1 x 1 process x block 32",
+        "batch": "256 tokens a step = batch 8 x accumulation 1 x 1 process x block 32",
         "data": f"{shakespeare_char}: {meta['tokens']['train']:,} train, "
         f"{meta['tokens']['val']:,} val tokens",
         "output": str(out),
@@ -236,6 +240,27 @@ def test_a_resumed_run_continues_the_same_wandb_run_and_wandb_gives_no_advice_of
             f"stream, or upload later with `wandb login`, then `{sync}`" in stdout.splitlines()
         )
         assert "wandb online" not in stdout + stderr and "wandb:" not in stdout + stderr
+
+
+def test_a_wandb_that_cannot_start_is_said_once_and_training_goes_on(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    no_login = {**environment, "HOME": str(tmp_path)}  # no API key anywhere: W&B refuses online
+    result = subprocess.run(
+        [
+            sys.executable,
+            *train_args(shakespeare_char, out, "train.max_iters=10", "train.wandb.mode=online"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=no_login,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("W&B could not start (") == 1
+    assert "W&B        not started (see above); metrics.jsonl has every figure" in result.stdout
+    assert result.stdout.splitlines()[-1].startswith("finished at step 10 of 10;")
 
 
 @pytest.fixture(scope="module")
