@@ -4,7 +4,8 @@ A training output folder (``train.out_dir``) holds one run: ``config.yaml``, ``t
 ``metrics.jsonl`` (written by the trainer), and two kinds of file written here:
 
 * ``model.safetensors``: the best weights, with the model config in the safetensors metadata, so
-  :func:`load_model` can rebuild the model from the file alone.
+  :func:`load_model` can rebuild the model from the file alone, and the step and validation loss
+  they were saved at, so :func:`describe_trained` can say which weights a sample comes from.
 * ``checkpoints/step_XXXXXXX/``: the full state that :mod:`accelerate` saves (model, optimizer,
   gradient scaler, each process's RNG state; FSDP writes its sharded state as sub-folders) plus
   ``trainer_state.json`` (step, best val loss, the model config, ...). The learning-rate schedule
@@ -68,11 +69,17 @@ _DAMAGED_PREFIX = "damaged-"
 WRITE_ERRORS = (OSError, RuntimeError, safetensors.SafetensorError)
 
 
-def save_model(path: str | Path, model: LanguageModel) -> None:
-    """Write ``model``'s weights and config to a safetensors file, atomically."""
+def save_model(
+    path: str | Path, model: LanguageModel, metadata: dict[str, str] | None = None
+) -> None:
+    """Write ``model``'s weights and config to a safetensors file, atomically.
+
+    ``metadata`` goes into the file's header beside the config: the trainer records the ``step``
+    and ``val_loss`` of the best weights there.
+    """
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
-    metadata = {"model_config": model.config.model_dump_json()}
+    metadata = {**(metadata or {}), "model_config": model.config.model_dump_json()}
     safetensors.torch.save_model(model, str(temporary), metadata=metadata)
     _use_default_permissions(temporary)
     os.replace(temporary, path)
@@ -92,8 +99,7 @@ def load_model(path: str | Path, config: ModelConfig | None = None) -> LanguageM
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist; train a model first")
     try:
-        with safetensors.safe_open(str(path), framework="pt") as weights:
-            metadata = weights.metadata() or {}
+        metadata = _metadata(path)
         if config is None:
             config = ModelConfig.model_validate_json(metadata["model_config"])
         model = build_model(config)
@@ -106,24 +112,22 @@ def load_model(path: str | Path, config: ModelConfig | None = None) -> LanguageM
     return model
 
 
+def _metadata(weights: Path) -> dict[str, str]:
+    with safetensors.safe_open(str(weights), framework="pt") as opened:
+        return opened.metadata() or {}
+
+
 def load_trained(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[LanguageModel, Tokenizer]:
     """The model and tokenizer of a training output folder (best weights) or of one checkpoint."""
-    path = Path(path)
-    if (path / TRAINER_STATE_FILE).is_file():  # a checkpoint inside OUT_DIR/checkpoints/
-        model = load_model(path / WEIGHTS_FILE, _saved_model_config(path))
-        tokenizer_path = path.parent.parent / "tokenizer.json"
-    elif (path / WEIGHTS_FILE).is_file():
-        model = load_model(path / WEIGHTS_FILE)
-        tokenizer_path = path / "tokenizer.json"
-    elif path.is_dir():
-        raise UserError(
-            f"{path} holds no {WEIGHTS_FILE}; pass a training output folder after its first "
-            "evaluation, or one of its checkpoints/step_* folders"
-        )
+    weights, checkpoint = _locate_weights(Path(path))
+    if checkpoint is not None:  # a checkpoint inside OUT_DIR/checkpoints/
+        model = load_model(weights, _saved_model_config(checkpoint))
+        tokenizer_path = checkpoint.parent.parent / "tokenizer.json"
     else:
-        raise UserError(f"checkpoint {path} does not exist; pass a training output folder")
+        model = load_model(weights)
+        tokenizer_path = weights.parent / "tokenizer.json"
     if not tokenizer_path.is_file():
         raise UserError(
             f"{tokenizer_path} is missing: the training output folder is incomplete; copy the "
@@ -137,6 +141,41 @@ def load_trained(
             "copy the tokenizer.json of the data the model was trained on there"
         )
     return model.to(device).eval(), tokenizer
+
+
+def describe_trained(path: str | Path) -> str:
+    """Which weights :func:`load_trained` reads from ``path``, and when they were saved, in words.
+
+    ``OUT/model.safetensors: step 1200, val loss 1.5901 (the best so far)``, or for a checkpoint
+    ``OUT/checkpoints/step_0000400: step 400 (best val loss by then 1.7012)``; a weights file saved
+    before the step was recorded says ``step unknown``.
+    """
+    weights, checkpoint = _locate_weights(Path(path))
+    if checkpoint is not None:
+        state = read_trainer_state(checkpoint)
+        best = state.get("best_val_loss")
+        by_then = f" (best val loss by then {best:.4f})" if isinstance(best, float) else ""
+        return f"{checkpoint}: step {state.get('step', 'unknown')}{by_then}"
+    metadata = _metadata(weights)
+    if "step" not in metadata:
+        return f"{weights}: step unknown (the file does not record it)"
+    val_loss = float(metadata["val_loss"])
+    return f"{weights}: step {metadata['step']}, val loss {val_loss:.4f} (the best so far)"
+
+
+def _locate_weights(path: Path) -> tuple[Path, Path | None]:
+    """The weights file that ``path`` names, and the checkpoint folder it is in (None for a
+    training output folder's best weights)."""
+    if (path / TRAINER_STATE_FILE).is_file():
+        return path / WEIGHTS_FILE, path
+    if (path / WEIGHTS_FILE).is_file():
+        return path / WEIGHTS_FILE, None
+    if path.is_dir():
+        raise UserError(
+            f"{path} holds no {WEIGHTS_FILE}; pass a training output folder after its first "
+            "evaluation, or one of its checkpoints/step_* folders"
+        )
+    raise UserError(f"checkpoint {path} does not exist; pass a training output folder")
 
 
 # ----- writing checkpoints -----------------------------------------------------------------------

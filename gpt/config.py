@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gpt.errors import UserError
 
@@ -120,6 +128,12 @@ class TrainConfig(Section):
     )
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_is_not_false(cls, value: Any) -> Any:
+        """YAML reads an unquoted ``no`` (``train.mixed_precision=no``) as the boolean false."""
+        return "no" if value is False else value
+
     @model_validator(mode="after")
     def _consistent_schedule(self) -> TrainConfig:
         if self.min_lr > self.learning_rate:
@@ -148,9 +162,10 @@ def fit_warmup_to_run(train: TrainConfig) -> tuple[TrainConfig, str | None]:
     if train.warmup_iters < train.max_iters:
         return train, None
     shorter = train.max_iters // 10
+    steps = "step" if shorter == 1 else "steps"
     note = (
-        f"note: train.warmup_iters={train.warmup_iters} is not shorter than the run "
-        f"(train.max_iters={train.max_iters}); warming up for {shorter} steps, a tenth of the run"
+        f"train.warmup_iters={train.warmup_iters} is not shorter than the run "
+        f"(train.max_iters={train.max_iters}); warming up for {shorter} {steps}, a tenth of the run"
     )
     return train.model_copy(update={"warmup_iters": shorter}), note
 

@@ -147,6 +147,11 @@ def check_lengths(max_new_tokens: int, num_samples: int) -> None:
         raise UserError(f"num-samples must be 1 or more (got {num_samples})")
 
 
+def check_stop_strings(stop_strings: Sequence[str]) -> None:
+    if any(not stop for stop in stop_strings):
+        raise UserError("a stop string is empty; give a non-empty one or none")
+
+
 def generate(
     model: LanguageModel,
     prompt_ids: Sequence[int],
@@ -271,8 +276,7 @@ def generate_text(
     stops when all have. Finished samples still ride along in the batch until then, unseen.
     Concatenating a sample's pieces gives its whole continuation.
     """
-    if any(not stop for stop in stop_strings):
-        raise UserError("a stop string is empty; give a non-empty one or none")
+    check_stop_strings(stop_strings)
     continuations = [Continuation(tokenizer, stop_strings) for _ in range(num_samples)]
     tokens = generate(
         model,

@@ -112,15 +112,24 @@ def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     import torch
 
-    from gpt.checkpoint import load_trained
-    from gpt.generate import SamplingSettings, check_lengths, encode_prompt, generate_text
+    from gpt.checkpoint import describe_trained, load_trained
+    from gpt.generate import (
+        SamplingSettings,
+        check_lengths,
+        check_stop_strings,
+        encode_prompt,
+        generate_text,
+    )
 
     settings = SamplingSettings(args.temperature, args.top_k, args.top_p)
     check_lengths(args.max_new_tokens, args.num_samples)
+    check_stop_strings(args.stop)
     prompt = read_prompt(args.prompt, args.prompt_file)
     device = resolve_device(args.device)
     model, tokenizer = load_trained(args.checkpoint, device)
     prompt_ids = encode_prompt(tokenizer, prompt)
+    # the input is good: say which weights the samples come from (an untrained step 0, say)
+    print(f"sampling from {describe_trained(args.checkpoint)}", file=sys.stderr)
     if len(prompt_ids) > model.block_size:
         cropped = tokenizer.decode(prompt_ids[: -model.block_size])
         print(

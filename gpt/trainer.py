@@ -22,7 +22,8 @@ owns what a step means:
 A run resumes from the newest intact checkpoint (:mod:`gpt.resume` sets damaged ones aside), or
 starts fresh in an output folder of its own: an earlier run's files are moved to ``earlier_runs/``,
 never mixed in. A process of a multi-process run that loses contact with the others stops with one
-line instead of a traceback.
+line instead of a traceback. What the run prints is :mod:`gpt.console`'s, and W&B is
+:mod:`gpt.tracking`'s.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 from pathlib import Path
 
@@ -42,7 +43,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.distributed.tensor import DTensor
-from tqdm.auto import tqdm
 
 from gpt.checkpoint import (
     WEIGHTS_FILE,
@@ -56,13 +56,15 @@ from gpt.checkpoint import (
     save_model,
     write_failed,
 )
-from gpt.config import Config, TrainConfig
+from gpt.config import Config, TrainConfig, fit_warmup_to_run
+from gpt.console import Console, RunFacts, end_of_run, startup_block
 from gpt.data import BatchSlice, TokenData
 from gpt.errors import UserError
 from gpt.gpt2 import load_gpt2, pretrained_model_config
 from gpt.model import build_model
 from gpt.resume import resume
-from gpt.throughput import peak_flops, use_tf32
+from gpt.throughput import peak_flops, tf32_enabled, use_tf32
+from gpt.tracking import Tracking, new_run_id
 
 # accelerate warns at every checkpoint that it saved the tied embedding and head once; that is the
 # intended behaviour (loading re-ties them), so the warning is noise.
@@ -77,6 +79,16 @@ class TrainState:
     best_val_loss: float = math.inf
     evals_without_improvement: int = 0
     stopped_early: bool = False
+    best_step: int | None = None  # the step of the best val loss
+    wandb_run_id: str | None = None  # the W&B run that a resumed run continues
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> TrainState:
+        """The state in a checkpoint's trainer_state.json (which holds more: the manifest, the
+        model config). A key that checkpoints of earlier versions lack keeps its default."""
+        return cls(
+            **{field.name: saved[field.name] for field in fields(cls) if field.name in saved}
+        )
 
 
 @dataclass
@@ -152,8 +164,8 @@ def _step_of(line: str) -> int | None:
 
 class Trainer:
     def __init__(self, config: Config):
-        self.config = config
-        train = config.train
+        train, self._warmup_note = fit_warmup_to_run(config.train)  # a smoke run's short warmup
+        self.config = config = config.model_copy(update={"train": train})
         model_config = config.model
         if train.init_from is not None:  # the pretrained weights fix the shape (gpt/gpt2.py)
             model_config = pretrained_model_config(config.model, train.init_from, config.data.dir)
@@ -176,6 +188,7 @@ class Trainer:
             ],
         )
         self.device = self.accelerator.device
+        self.console = Console(self.accelerator.is_main_process)
         use_tf32(train.tf32)
         self.peak_flops = peak_flops(self.device, train.mixed_precision)
         set_seed(train.seed)
@@ -184,6 +197,7 @@ class Trainer:
         else:  # on resume, the checkpoint's weights replace these
             model = load_gpt2(train.init_from, self.model_config)
         self.flops_per_token = model.flops_per_token()
+        self.num_params = model.num_params()
         optimizer = torch.optim.AdamW(
             model.optimizer_groups(train.weight_decay),
             lr=train.learning_rate,
@@ -195,8 +209,10 @@ class Trainer:
         self.forward = torch.compile(self.model) if train.compile else self.model
         self.state = TrainState()
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", self.accelerator.is_main_process)
+        self.tracking = Tracking(
+            self.accelerator, train.wandb, wandb_mode, self.out_dir, self.console.print
+        )
         self._stop_signal: int | None = None
-        self._wandb_mode = wandb_mode
 
     def _vocab_size(self, configured: int | None) -> int:
         if configured is None:
@@ -225,8 +241,9 @@ class Trainer:
                 raise
             raise self._lost_contact_error(error) from None
         except KeyboardInterrupt:
-            self.accelerator.print(
-                f"\nstopped at once by a second interrupt at step {self.state.step}; "
+            self.console.close_progress()
+            self.console.print(
+                f"stopped at once by a second interrupt at step {self.state.step}; "
                 f"{self._newest_checkpoint()}: run the same command again to resume from it"
             )
             raise
@@ -237,33 +254,37 @@ class Trainer:
         return self._finish()
 
     def _finish(self) -> TrainResult:
-        train, best = self.config.train, self.state.best_val_loss
-        finished = self.state.step >= train.max_iters or self.state.stopped_early
-        interrupted = self._stop_signal is not None and not finished
-        if interrupted:
-            self.accelerator.print(
-                f"interrupted at step {self.state.step}; checkpoint saved; run the same command "
-                "again to resume"
+        """Say how the run ended: it finished, stopped early, or was interrupted."""
+        train, state = self.config.train, self.state
+        finished = state.step >= train.max_iters or state.stopped_early
+        stop_signal = self._stop_signal if not finished else None
+        ending, why, then = "finished", None, None
+        if state.stopped_early:
+            ending = "stopped early"
+            why = f"val loss did not improve for {train.early_stopping_patience} evaluations"
+        elif stop_signal:
+            ending, why = "interrupted", signal.Signals(stop_signal).name
+            then = "checkpoint saved: run the same command again to resume"
+        weights = str(self.out_dir / WEIGHTS_FILE)
+        self.console.print(
+            end_of_run(
+                ending,
+                state.step,
+                train.max_iters,
+                state.best_val_loss,
+                state.best_step,
+                weights,
+                why=why,
+                then=then,
             )
-        else:
-            self.accelerator.print(
-                f"done at step {self.state.step}/{train.max_iters}; best val loss {best:.4f}; "
-                f"weights in {self.out_dir / WEIGHTS_FILE}"
-            )
-        stop_signal = self._stop_signal if interrupted else None
+        )
         return TrainResult(
-            self.out_dir, self.state.step, best, self.state.stopped_early, stop_signal
+            self.out_dir, state.step, state.best_val_loss, state.stopped_early, stop_signal
         )
 
     def _loop(self) -> None:
         train = self.config.train
-        progress = tqdm(
-            total=train.max_iters,
-            initial=self.state.step,
-            disable=not self.accelerator.is_main_process,
-            desc="train",
-            dynamic_ncols=True,
-        )
+        self.console.start_progress(train.max_iters, self.state.step)
         self._interval_start, self._interval_steps = time.perf_counter(), 0
         try:
             while self.state.step < train.max_iters and not self.state.stopped_early:
@@ -275,15 +296,15 @@ class Trainer:
                         f"the gradient norm became {grad_norm}", self.state.step + 1
                     )
                 self.state.step += 1
-                progress.update(1)
-                self._after_step(loss, grad_norm, progress, stop_requested)
+                self.console.advance()
+                self._after_step(loss, grad_norm, stop_requested)
                 if stop_requested:  # a process that was not signalled stops as if terminated
                     self._stop_signal = self._stop_signal or signal.SIGTERM
                     break
         finally:
-            progress.close()
+            self.console.close_progress()
 
-    def _after_step(self, loss: float, grad_norm: float, progress: tqdm, stop: bool) -> None:
+    def _after_step(self, loss: float, grad_norm: float, stop: bool) -> None:
         """Log, evaluate and checkpoint on their intervals, and always at the end."""
         train, step = self.config.train, self.state.step
         self._interval_steps += 1
@@ -291,8 +312,9 @@ class Trainer:
         if step % train.log_interval == 0 or finished:
             elapsed = time.perf_counter() - self._interval_start
             tokens_per_sec = self._tokens_per_step() * self._interval_steps / elapsed
-            self._log_train(step, loss, grad_norm, tokens_per_sec)
-            progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}")
+            lr = learning_rate(step - 1, train)  # the rate the step just taken used
+            self._log_train(step, loss, lr, grad_norm, tokens_per_sec)
+            self.console.log_step(step, loss, lr, tokens_per_sec)
             self._interval_start, self._interval_steps = time.perf_counter(), 0
         if step % train.eval_interval == 0 or finished:
             self._evaluate()
@@ -395,7 +417,7 @@ class Trainer:
         step = self.state.step
         improved = val_loss < self.state.best_val_loss
         if improved:
-            self.state.best_val_loss = val_loss
+            self.state.best_val_loss, self.state.best_step = val_loss, step
             self.state.evals_without_improvement = 0
             self._save_best_weights()
         else:
@@ -408,29 +430,27 @@ class Trainer:
             "best_val_loss": self.state.best_val_loss,
         }
         self.metrics.write(record)
-        self._track({"eval/train_loss": train_loss, "eval/val_loss": val_loss}, step)
-        self.accelerator.print(
-            f"\nstep {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
+        self.tracking.log({"eval/train_loss": train_loss, "eval/val_loss": val_loss}, step)
+        self.console.print(
+            f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
             + (" (best)" if improved else "")
         )
         patience = self.config.train.early_stopping_patience
         if patience and self.state.evals_without_improvement >= patience:
-            self.state.stopped_early = True
-            self.accelerator.print(
-                f"early stopping at step {step}: val loss has not improved for {patience} "
-                f"evaluations (best {self.state.best_val_loss:.4f})"
-            )
+            self.state.stopped_early = True  # the end of the run says so
 
     def _save_best_weights(self) -> None:
-        """Write the current weights as ``model.safetensors`` (gathered if sharded)."""
+        """Write the current weights as ``model.safetensors`` (gathered if sharded), with the step
+        and val loss they have, so that sampling can say which weights it uses."""
         self._check_weights_are_finite()
         state_dict = self.accelerator.get_state_dict(self.model)
         if self.accelerator.is_main_process:
             model = build_model(self.model_config)
             model.load_state_dict(state_dict)
             path = self.out_dir / WEIGHTS_FILE
+            saved_at = {"step": str(self.state.step), "val_loss": repr(self.state.best_val_loss)}
             try:
-                save_model(path, model)
+                save_model(path, model, saved_at)
             except WRITE_ERRORS as error:
                 raise write_failed(
                     f"the best weights {path}", first_line(error), self.out_dir
@@ -439,22 +459,62 @@ class Trainer:
     # ----- starting: resume or a fresh output folder ----------------------------------------------
 
     def _start(self) -> None:
-        """Resume as ``train.resume`` says, or start fresh; then describe the run in its folder.
+        """Resume as ``train.resume`` says, or start fresh; describe the run in its folder, start
+        tracking it, and say what it is.
 
         Everything that could refuse the resume is checked before anything is written.
         """
         train = self.config.train
         resumed = resume(self.accelerator, train.resume, self.out_dir, self._check, self._restore)
+        moved = None
         if self.accelerator.is_main_process:
             if resumed:
                 self.metrics.keep_until(self.state.step)
             else:
-                self._move_earlier_run_aside()
+                moved = move_earlier_run_aside(self.out_dir)
             self._write_run_description()
         self.accelerator.wait_for_everyone()
+        # a checkpoint of an earlier version may lack the id: its W&B run cannot be continued
+        self.state.wandb_run_id = self.state.wandb_run_id or new_run_id()
+        config = self._resolved_config().model_dump(mode="json")
+        self.tracking.start(self.state.wandb_run_id, config)
+        if self.console.enabled:
+            self.console.print(startup_block(self._facts(self._how_it_starts(resumed, moved))))
+
+    def _how_it_starts(self, resumed: Path | None, moved: Path | None) -> str:
         if resumed:
-            self.accelerator.print(f"resumed from {resumed} at step {self.state.step}")
-        self._start_tracking()
+            return f"resumed from {resumed} at step {self.state.step}"
+        start = "fresh"
+        if self.config.train.init_from:
+            start += f", from the weights in {self.config.train.init_from}"
+        if moved:
+            start += f"; moved the earlier run in {self.out_dir} to {moved}"
+        return start
+
+    def _facts(self, start: str) -> RunFacts:
+        train, accelerator = self.config.train, self.accelerator
+        device = self.device.type
+        if device == "cuda":
+            device += f" ({torch.cuda.get_device_name(self.device)})"
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        return RunFacts(
+            device=device,
+            processes=accelerator.num_processes,
+            machines=accelerator.num_processes // local_processes,
+            mixed_precision=train.mixed_precision,
+            tf32=tf32_enabled() if self.device.type == "cuda" else None,
+            arch=self.model_config.arch,
+            parameters=self.num_params,
+            batch_size=train.batch_size,
+            accumulation=train.gradient_accumulation_steps,
+            block_size=self.model_config.block_size,
+            data_dir=str(self.data.dir),
+            data_tokens=self.data.meta["tokens"],
+            out_dir=str(self.out_dir),
+            start=start,
+            warmup_note=self._warmup_note,
+            wandb=self.tracking.where(),
+        )
 
     def _check(self, checkpoint: Path) -> None:
         """Refuse a checkpoint of another model shape or tokenizer (a :class:`UserError`)."""
@@ -462,8 +522,7 @@ class Trainer:
         self._check_same_tokenizer(checkpoint.parent.parent / "tokenizer.json")
 
     def _restore(self, checkpoint: Path) -> None:
-        saved = load_checkpoint(self.accelerator, checkpoint)
-        self.state = TrainState(**{key: saved[key] for key in asdict(TrainState())})
+        self.state = TrainState.from_saved(load_checkpoint(self.accelerator, checkpoint))
 
     def _check_same_tokenizer(self, trained_with: Path) -> None:
         """The same vocabulary size with another tokenizer would train on ids meaning other text."""
@@ -474,13 +533,6 @@ class Trainer:
                 "run was trained with; resume on the data it was trained on (or on data prepared "
                 f"with --tokenizer {trained_with}), or start a new run with train.resume=never or "
                 "another train.out_dir"
-            )
-
-    def _move_earlier_run_aside(self) -> None:
-        moved = move_earlier_run_aside(self.out_dir)
-        if moved:
-            self.accelerator.print(
-                f"moved the earlier run in {self.out_dir} to {moved}; starting a new run"
             )
 
     def _write_run_description(self) -> None:
@@ -497,36 +549,11 @@ class Trainer:
     def _trainer_state(self) -> dict:
         return {**asdict(self.state), "model_config": self.model_config.model_dump(mode="json")}
 
-    # ----- tracking ------------------------------------------------------------------------------
+    # ----- metrics -------------------------------------------------------------------------------
 
-    def _start_tracking(self) -> None:
-        """W&B through accelerate's tracker; a tracker that fails to start never stops training."""
-        if self._wandb_mode == "disabled":
-            return
-        wandb = self.config.train.wandb
-        init = {
-            "mode": self._wandb_mode,
-            "dir": str(self.out_dir),
-            "name": wandb.run_name or self.out_dir.name,
-        }
-        config = self._resolved_config().model_dump(mode="json")
-        try:
-            self.accelerator.init_trackers(
-                wandb.project, config=config, init_kwargs={"wandb": init}
-            )
-        except Exception as error:  # W&B raises many kinds; none of them may end a training run
-            self.accelerator.print(f"W&B could not start ({error}); training goes on without it")
-            self.accelerator.trackers = []
-
-    def _track(self, values: dict, step: int) -> None:
-        try:
-            self.accelerator.log(values, step=step)
-        except Exception as error:  # same reasoning as in _start_tracking
-            self.accelerator.print(f"W&B logging failed ({error}); training goes on without it")
-            self.accelerator.trackers = []
-
-    def _log_train(self, step: int, loss: float, grad_norm: float, tokens_per_sec: float) -> None:
-        lr = learning_rate(step - 1, self.config.train)  # the rate the step just taken used
+    def _log_train(
+        self, step: int, loss: float, lr: float, grad_norm: float, tokens_per_sec: float
+    ) -> None:
         record = {
             "step": step,
             "kind": "train",
@@ -537,7 +564,8 @@ class Trainer:
             "mfu": self._mfu(tokens_per_sec),
         }
         self.metrics.write(record)
-        self._track({f"train/{k}": v for k, v in record.items() if k not in ("step", "kind")}, step)
+        values = {f"train/{k}": v for k, v in record.items() if k not in ("step", "kind")}
+        self.tracking.log(values, step)
 
     def _mfu(self, tokens_per_sec: float) -> float:
         achieved = self.flops_per_token * tokens_per_sec

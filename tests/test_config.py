@@ -80,14 +80,25 @@ def test_defaults_without_a_file():
     assert config.train.decay_iters == config.train.max_iters
 
 
-@pytest.mark.parametrize("config", ["shakespeare_char_cpu", "gpt2_124m", "mlp_baseline"])
-def test_a_warmup_longer_than_a_short_run_is_shortened_with_a_note(config):
-    train = load_config(ROOT / "configs" / f"{config}.yaml", ["train.max_iters=20"]).train
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_a_warmup_longer_than_a_short_run_is_shortened_with_a_note(path: Path):
+    """Every shipped config's smoke run (``train.max_iters=20``) warms up for a tenth of it."""
+    train = load_config(path, ["train.max_iters=20"]).train
     fitted, note = fit_warmup_to_run(train)
     assert fitted.warmup_iters == 2 and f"warmup_iters={train.warmup_iters}" in note
     assert fitted.model_copy(update={"warmup_iters": train.warmup_iters}) == train
     assert learning_rate(19, fitted) < learning_rate(2, fitted) <= fitted.learning_rate  # decays
     assert fit_warmup_to_run(fitted) == (fitted, None)  # a fitting warmup is left alone
+
+
+@pytest.mark.parametrize("value", ["no", "'no'", "bf16"])
+def test_mixed_precision_no_is_read_as_the_word_not_as_yaml_false(value):
+    """YAML reads an unquoted ``no`` as the boolean false; the key means the word."""
+    config = load_config(
+        ROOT / "configs" / "shakespeare_char_cpu.yaml", [f"train.mixed_precision={value}"]
+    )
+    assert config.train.mixed_precision == value.strip("'")
+    assert "mixed_precision: 'no'" in Config().to_yaml()  # and is written back quoted
 
 
 def test_resolved_config_round_trips_through_yaml(tmp_path):

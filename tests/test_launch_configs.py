@@ -163,7 +163,7 @@ def test_the_multi_node_config_joins_two_machines_over_loopback():
 def test_train_py_runs_as_two_processes_under_the_cpu_config(shakespeare_char, tmp_path):
     out = tmp_path / "out"
     overrides = ("train.max_iters=4", "train.warmup_iters=2", "train.eval_interval=4")
-    code, _, stderr = finish(
+    code, stdout, stderr = finish(
         launch(
             "--config_file",
             config("cpu_ddp_2proc.yaml"),
@@ -173,6 +173,7 @@ def test_train_py_runs_as_two_processes_under_the_cpu_config(shakespeare_char, t
         )  # fmt: skip
     )
     assert code == 0, stderr[-3000:]
+    assert stdout.count("device     cpu, 2 processes\n") == 1  # said once, by the main process
     (checkpoint,) = (out / "checkpoints").iterdir()
     # accelerate saves the random number generators of every process: one file each
     assert sorted(path.name for path in checkpoint.glob("random_states_*")) == [

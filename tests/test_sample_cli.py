@@ -34,7 +34,7 @@ def write_checkpoint(out_dir: Path, step: int = 10) -> Path:
     folder.mkdir(parents=True)
     model = tiny_model(char_tokenizer().vocab_size, seed=1)
     save_model(folder / "model.safetensors", model)
-    state = {"step": step, "model_config": model.config.model_dump()}
+    state = {"step": step, "best_val_loss": 2.5, "model_config": model.config.model_dump()}
     (folder / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
     return folder
 
@@ -134,8 +134,27 @@ def test_a_checkpoint_folder_samples_with_its_output_folders_tokenizer(capsys, t
     args = ["--prompt", PROMPT, "--max-new-tokens", "20", "--temperature", "0"]
     code, from_checkpoint, err = sample(capsys, "--checkpoint", str(checkpoint), *args)
     assert code == 0, err
+    assert err == f"sampling from {checkpoint}: step 10 (best val loss by then 2.5000)\n"
     _, from_best, _ = sample(capsys, "--checkpoint", str(out_dir), *args)
     assert from_checkpoint != from_best  # other weights (seed 1 vs 0)
+
+
+def test_sampling_says_which_weights_it_uses_and_when_they_were_saved(capsys, tmp_path):
+    """On stderr, one line, without --verbose too; the run's step and val loss when recorded."""
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    model = tiny_model(char_tokenizer().vocab_size)
+    save_model(recorded / "model.safetensors", model, {"step": "1200", "val_loss": "1.59012"})
+    char_tokenizer().save(recorded / "tokenizer.json")
+    older = write_out_dir(tmp_path / "older", char_tokenizer())  # no step in the file
+    for out_dir, said in [
+        (recorded, "step 1200, val loss 1.5901 (the best so far)"),
+        (older, "step unknown"),
+    ]:
+        code, out, err = sample(capsys, "--checkpoint", str(out_dir), "--max-new-tokens", "3")
+        assert code == 0 and out, err
+        assert err.startswith(f"sampling from {out_dir / 'model.safetensors'}: {said}"), err
+        assert err.count("\n") == 1
 
 
 def test_an_empty_prompt_prints_only_the_continuation(capsys, bpe_out):
@@ -159,7 +178,7 @@ def test_a_prompt_longer_than_the_context_is_cropped_with_a_note(capsys, char_ou
     code, out, err = sample(capsys, *args)
     assert code == 0
     assert out.startswith(prompt)
-    assert len(err.splitlines()) == 1
+    assert len(err.splitlines()) == 2  # which weights, then the note
     assert f"has {len(prompt)} tokens but the model's context is {BLOCK}" in err
     assert repr(prompt[:20]) in err and f"({len(prompt) - BLOCK} characters)" in err
 

@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -227,9 +228,12 @@ def test_the_same_global_batch_trains_the_same_model_however_it_is_split(
         )
         for rank in (0, 1)
     ]
+    said = []
     for machine in machines:
-        _, stderr = machine.communicate(timeout=300)
+        stdout, stderr = machine.communicate(timeout=300)
         assert machine.returncode == 0, stderr[-3000:]
+        said.append([line for line in stdout.splitlines() if line.startswith("device ")])
+    assert said == [["device     cpu, 2 processes on 2 machines"], []]  # the main process says it
 
     expected = final_weights(reference)
     for other in (accumulated, two_processes, two_machines):
@@ -325,11 +329,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_the_signals_code(shakespeare_
     (checkpoint,) = (out / "checkpoints").glob("step_*")
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert 5 <= state["step"] < 100000
-    assert (
-        f"interrupted at step {state['step']}; checkpoint saved; run the same command again "
-        "to resume" in stdout
-    )
-    assert "done at step" not in stdout
+    (ending,) = [line for line in stdout.splitlines() if line.startswith("interrupted")]
+    assert ending.startswith(f"interrupted at step {state['step']} of 100000 (SIGTERM); ")
+    assert ending.endswith("; checkpoint saved: run the same command again to resume")
+    assert "finished at step" not in stdout
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(shakespeare_char, tmp_path):
@@ -558,9 +561,13 @@ def test_early_stopping_keeps_the_best_val_weights(overfitting_data, tmp_path):
         )
     )
     assert result.returncode == 0, result.stderr
-    assert "early stopping at step" in result.stdout
     evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
     best = min(range(len(evals)), key=lambda i: evals[i]["val_loss"])
+    assert (
+        f"stopped early at step {evals[-1]['step']} of 2000 (val loss did not improve for 3 "
+        f"evaluations); best val loss {evals[best]['val_loss']:.4f} at step {evals[best]['step']}; "
+        f"weights in {out / 'model.safetensors'}" in result.stdout
+    )
     assert len(evals) == best + 4  # three evaluations without progress after the best
     assert evals[-1]["step"] < 2000
     assert evals[-1]["best_val_loss"] == evals[best]["val_loss"]
@@ -601,15 +608,27 @@ def test_wandb_offline_run_is_written_with_the_logged_metrics(shakespeare_char, 
 
 
 def wandb_history(run_file: Path) -> list[dict]:
-    """The history rows of an offline W&B run file.
+    """The history rows of an offline W&B run file."""
+    return [
+        {
+            item.key or "/".join(item.nested_key): json.loads(item.value_json)
+            for item in record.history.item
+        }
+        for record in wandb_records(run_file)
+        if record.WhichOneof("record_type") == "history"
+    ]
+
+
+def wandb_records(run_file: Path) -> Iterator:
+    """The records of an offline W&B run file (protobuf ``Record``s: the run, history rows, ...).
 
     The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each chunk a
     7-byte header (checksum, length, type) and data; a record is one FULL chunk or FIRST, MIDDLE...,
-    LAST chunks. Each record is a protobuf ``Record``.
+    LAST chunks.
     """
     from wandb.proto import wandb_internal_pb2
 
-    raw, block, position, pending, rows = run_file.read_bytes(), 32768, 7, b"", []
+    raw, block, position, pending = run_file.read_bytes(), 32768, 7, b""
     while position + 7 <= len(raw):
         if block - position % block < 7:  # a block's tail too short for a header is padding
             position += block - position % block
@@ -621,11 +640,4 @@ def wandb_history(run_file: Path) -> list[dict]:
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
             pending = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append(
-                    {
-                        item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                        for item in record.history.item
-                    }
-                )
-    return rows
+            yield record
