@@ -44,6 +44,7 @@ from gpt.config import Config, TrainConfig
 from gpt.data import BatchSlice, TokenData
 from gpt.errors import UserError
 from gpt.model import build_model
+from gpt.report import report_finished_run
 from gpt.throughput import peak_flops
 
 # accelerate warns at every checkpoint that it saved the tied embedding and head once; that is the
@@ -176,13 +177,23 @@ class Trainer:
             f"done at step {self.state.step}/{train.max_iters}; best val loss {best:.4f}; "
             f"weights in {self.out_dir / WEIGHTS_FILE}"
         )
-        return TrainResult(
+        result = TrainResult(
             self.out_dir,
             self.state.step,
             best,
             self.state.stopped_early,
             self._stop_signal is not None,
         )
+        if self.accelerator.is_main_process:  # figures and a summary in OUT_DIR/report/
+            report_finished_run(
+                self.out_dir,
+                step=result.step,
+                processes=self.accelerator.num_processes,
+                tokens_per_step=self._tokens_per_step(),
+                stopped_early=result.stopped_early,
+                interrupted=result.interrupted,
+            )
+        return result
 
     def _loop(self) -> None:
         train = self.config.train
