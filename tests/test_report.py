@@ -92,7 +92,7 @@ def assert_valid_pngs(folder: Path) -> None:
             assert image.format == "PNG" and image.size == (700, 360)
         height, width, _ = matplotlib.image.imread(path).shape
         assert (width, height) == (700, 360)
-        assert path.stat().st_size < 150_000  # small enough to commit
+        assert path.stat().st_size < 50_000  # small enough to commit
 
 
 def test_the_gap_starts_to_grow_where_it_rises_to_the_end():
