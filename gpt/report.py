@@ -280,15 +280,16 @@ def gap_figure(runs: list[Run]):
 
 
 def series_figure(runs: list[Run], key: str, label: str, log_scale: bool = False):
-    """One field of the train records against step."""
+    """One field of the train records against step; ``log_scale`` where it spans over 10x."""
     figure, (ax,) = _new_figure()
     colors = _colors(runs)
+    values = [r[key] for run in runs for r in run.train]
     for run in runs:
         ax.plot(
             [r["step"] for r in run.train], [r[key] for r in run.train],
             color=colors[run.name], linewidth=1.0, label=run.name,
         )  # fmt: skip
-    if log_scale:
+    if log_scale and values and min(values) > 0 and max(values) > 10 * min(values):
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel(label)
