@@ -17,11 +17,14 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,bench,hf]"
 	touch $@
 
-# Prepare the bundled corpus, train a small character model on the CPU, print a sample.
+# Prepare the bundled corpus, train a small character model on the CPU, print a sample, score the
+# model on the held-out test split and write the report ($(DEMO_OUT)/report/report.md).
 demo: setup
 	$(BIN)/python -m data_prep --input data/tinyshakespeare.txt --tokenizer char --out $(DEMO_DATA) --overwrite
 	$(BIN)/python train.py configs/shakespeare_char_cpu.yaml train.out_dir=$(DEMO_OUT)
 	$(BIN)/python sample.py --checkpoint $(DEMO_OUT) --prompt "ROMEO:" --max-new-tokens 500 --seed 1
+	$(BIN)/python -m gpt.evaluate $(DEMO_OUT) --split test --json
+	$(BIN)/python -m gpt.report $(DEMO_OUT)
 
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -q

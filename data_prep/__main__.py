@@ -31,8 +31,9 @@ from gpt.errors import UserError
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m data_prep",
-        description="Tokenize a text corpus into DIR/tokenizer.json, DIR/train.bin, DIR/val.bin "
-        "(flat token ids, uint16 or uint32) and DIR/meta.json, the folder that training reads.",
+        description="Tokenize a text corpus into DIR/tokenizer.json, DIR/train.bin, DIR/val.bin, "
+        "DIR/test.bin (flat token ids, uint16 or uint32) and DIR/meta.json, the folder that "
+        "training reads.",
     )
     source = parser.add_argument_group("text to prepare (give --input or --hf-dataset)")
     inputs = source.add_mutually_exclusive_group(required=True)
@@ -109,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         "document (default: 0.1)",
     )
     parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="the share held out for the final test (python -m gpt.evaluate), chosen like the "
+        "validation share; training never reads it; 0 makes no test split (default: 0.1)",
+    )
+    parser.add_argument(
         "--seed", type=int, default=0, metavar="N", help="picks the held-out documents (default: 0)"
     )
     parser.add_argument(
@@ -137,6 +146,7 @@ def run(argv: list[str]) -> None:
         tokenizer=args.tokenizer,
         vocab_size=args.vocab_size,
         val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
         seed=args.seed,
         bpe_sample_mb=args.bpe_sample_mb,
         overwrite=args.overwrite,

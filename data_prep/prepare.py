@@ -1,10 +1,10 @@
-"""Prepare a corpus for training: a tokenizer, two flat token files and their metadata.
+"""Prepare a corpus for training: a tokenizer, flat token files per split and their metadata.
 
 Two streaming passes over the corpus. The first builds the tokenizer: the char vocabulary scans all
 of the text; BPE trains on a bounded sample, the first ``bpe_sample_mb`` megabytes, which is plenty
 to learn merges and keeps that pass's time and memory bounded; a given ``tokenizer.json`` needs no
 pass. The second pass encodes the text in batches (about 1 MB, as 16 chunks) with
-``encode_batch_fast`` and appends each batch's ids to ``train.bin`` or ``val.bin``. ``num_proc``
+``encode_batch_fast`` and appends each batch's ids to ``train.bin``, ``val.bin`` or ``test.bin``. ``num_proc``
 worker threads encode one batch each at a time (in Rust, without Python's GIL) while the main
 thread reads the next batches and writes the finished ones. So memory holds a few batches at a
 time, whatever the size of the corpus, and ``num_proc`` cores do the encoding.
@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep.sources import CHUNK_CHARS, DatasetCorpus, FileCorpus, utf8_length
-from data_prep.split import SPLITS, Piece, split_pieces
+from data_prep.split import Fractions, Piece, split_pieces
 from gpt.errors import UserError
 from gpt.tokenizer import (
     MAX_BPE_VOCAB,
@@ -56,10 +56,15 @@ class Settings:
     tokenizer: str  # "char", "bpe" or the path of a tokenizer.json
     vocab_size: int | None
     val_fraction: float
+    test_fraction: float  # 0: no test split
     seed: int
     bpe_sample_mb: int
     overwrite: bool
     num_proc: int  # threads that encode, one batch each
+
+    @property
+    def fractions(self) -> Fractions:
+        return Fractions(val=self.val_fraction, test=self.test_fraction)
 
 
 def prepare(corpus: Corpus, settings: Settings, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -80,8 +85,11 @@ def prepare(corpus: Corpus, settings: Settings, arguments: dict[str, Any]) -> di
             "eot_id": tokenizer.eot_id,
             "tokens": counts["tokens"],
             "documents": counts["documents"],
+            "bytes": counts["bytes"],
             "sources": corpus.sources,
-            "content_hash": content_hash([staging / f"{split}.bin" for split in SPLITS]),
+            "content_hash": content_hash(
+                [staging / f"{split}.bin" for split in settings.fractions.splits]
+            ),
             "arguments": arguments,
         }
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -93,6 +101,16 @@ def check_settings(settings: Settings) -> None:
     """Refuse impossible settings before any work is done."""
     if not 0 < settings.val_fraction < 1:
         raise UserError(f"--val-fraction {settings.val_fraction} must be between 0 and 1, e.g. 0.1")
+    if not 0 <= settings.test_fraction < 1:
+        raise UserError(
+            f"--test-fraction {settings.test_fraction} must be at least 0 (no test split) and "
+            "below 1, e.g. 0.1"
+        )
+    if settings.val_fraction + settings.test_fraction >= 1:
+        raise UserError(
+            f"--val-fraction {settings.val_fraction} and --test-fraction {settings.test_fraction} "
+            "leave nothing to train on; make their sum less than 1"
+        )
     vocab_size = settings.vocab_size
     if settings.tokenizer == "bpe" and vocab_size is not None:
         if not MIN_BPE_VOCAB <= vocab_size <= MAX_BPE_VOCAB:
@@ -189,13 +207,17 @@ def _progress(chunks: Iterable[str], description: str, total: int | None) -> Ite
 def write_token_files(
     corpus: Corpus, tokenizer: Tokenizer, dtype: str, settings: Settings, folder: Path
 ) -> dict[str, dict[str, int]]:
-    """The second pass: encode every piece and append its ids to ``folder/{train,val}.bin``."""
-    tokens = dict.fromkeys(SPLITS, 0)
-    documents = dict.fromkeys(SPLITS, 0)
-    pieces = split_pieces(corpus.documents(), settings.val_fraction, settings.seed)
+    """The second pass: encode every piece and append its ids to ``folder/{split}.bin``.
+
+    Returns each split's count of tokens, of documents and of bytes of text (UTF-8, without the
+    end-of-text tokens between documents; bits per byte divide by it).
+    """
+    splits = settings.fractions.splits
+    counts = {name: dict.fromkeys(splits, 0) for name in ("tokens", "documents", "bytes")}
+    pieces = split_pieces(corpus.documents(), settings.fractions, settings.seed)
     with ExitStack() as stack:
         files = {
-            split: stack.enter_context(open(folder / f"{split}.bin", "wb")) for split in SPLITS
+            split: stack.enter_context(open(folder / f"{split}.bin", "wb")) for split in splits
         }
         bar = stack.enter_context(
             tqdm(total=corpus.total_bytes, desc="encoding", unit="B", unit_scale=True, disable=None)
@@ -204,17 +226,27 @@ def write_token_files(
         for batch, encoded in _encode_ahead(batches, tokenizer, dtype, settings.num_proc):
             for split, ids in encoded.items():
                 ids.tofile(files[split])
-                tokens[split] += len(ids)
+                counts["tokens"][split] += len(ids)
             for piece in batch:
-                documents[piece.split] += piece.ends_document
-            bar.update(sum(utf8_length(piece.text) for piece in batch))
-    for split in SPLITS:
-        if tokens[split] == 0:
+                size = utf8_length(piece.text)
+                counts["documents"][piece.split] += piece.ends_document
+                counts["bytes"][piece.split] += size
+                bar.update(size)
+    for split in splits:
+        if counts["tokens"][split] == 0:
             raise UserError(
                 f"the {split} split came out empty: the corpus is too small to hold out "
-                f"--val-fraction {settings.val_fraction} of it; give it more text"
+                f"{_held_out(settings)} of it (each split needs a document of its own, or one "
+                "document long enough to cut); give it more text"
             )
-    return {"tokens": tokens, "documents": documents}
+    return counts
+
+
+def _held_out(settings: Settings) -> str:
+    held_out = f"--val-fraction {settings.val_fraction}"
+    if settings.test_fraction > 0:
+        held_out += f" and --test-fraction {settings.test_fraction} (0 makes no test split)"
+    return held_out
 
 
 def _batches(pieces: Iterable[Piece], max_chars: int) -> Iterator[list[Piece]]:
@@ -256,13 +288,14 @@ def _encode(batch: list[Piece], tokenizer: Tokenizer, dtype: str) -> dict[str, n
     except UserError as error:  # characters the char tokenizer lacks: say where they are
         document = next(piece.document for piece in batch if tokenizer.unknown_chars(piece.text))
         raise UserError(f"{document}: {error}") from None
-    parts: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+    parts: dict[str, list[np.ndarray]] = {}
     end_of_text = np.array([] if tokenizer.eot_id is None else [tokenizer.eot_id], dtype=dtype)
     for piece, ids in zip(batch, encoded, strict=True):
-        parts[piece.split].append(np.array(ids, dtype=dtype))
+        arrays = parts.setdefault(piece.split, [])
+        arrays.append(np.array(ids, dtype=dtype))
         if piece.ends_document:
-            parts[piece.split].append(end_of_text)
-    return {split: np.concatenate(arrays) for split, arrays in parts.items() if arrays}
+            arrays.append(end_of_text)
+    return {split: np.concatenate(arrays) for split, arrays in parts.items()}
 
 
 def content_hash(paths: list[Path]) -> str:
@@ -320,8 +353,8 @@ def _sibling(out: Path, label: str) -> Path:
 
 def describe(meta: dict[str, Any], out: Path) -> str:
     """A one-line summary of a prepared folder, for the terminal."""
-    tokens = meta["tokens"]
+    counts = [f"{count:,} {split}" for split, count in meta["tokens"].items()]
     return (
         f"wrote {out}: {meta['tokenizer']} tokenizer with {meta['vocab_size']} tokens, "
-        f"{tokens['train']:,} train and {tokens['val']:,} val tokens ({meta['dtype']})"
+        f"{', '.join(counts[:-1])} and {counts[-1]} tokens ({meta['dtype']})"
     )

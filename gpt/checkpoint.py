@@ -60,6 +60,8 @@ RUN_FILES = (
     WEIGHTS_FILE,
     CHECKPOINTS_DIR,
     "wandb",
+    "run.json",  # gpt.report's facts and figures, and gpt.evaluate's results (eval_*.json)
+    "report",
 )
 _CHECKPOINT_PREFIX = "step_"
 _DAMAGED_PREFIX = "damaged-"
@@ -349,6 +351,7 @@ def move_earlier_run_aside(out_dir: Path) -> Path | None:
     checkpoints with the new run's, say). Returns that folder, or None if there was nothing to move.
     """
     present = [out_dir / name for name in RUN_FILES if (out_dir / name).exists()]
+    present += sorted(out_dir.glob("eval_*.json"))
     if not present:
         return None
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")

@@ -1,5 +1,8 @@
 """Step-keyed batches from the memory-mapped token streams that data_prep writes.
 
+The trainer reads ``train.bin`` and ``val.bin`` only; ``test.bin`` (in folders made since data_prep
+holds out a test split) is read by ``python -m gpt.evaluate`` alone, through :func:`split_tokens`.
+
 Which windows of ``train.bin`` a step trains on is a pure function of (seed, step, position in the
 global batch). A global batch has ``batch_size x gradient_accumulation_steps x processes`` positions;
 process ``r`` owns a contiguous slice of them and reads only those windows from disk. So the same
@@ -19,7 +22,7 @@ import torch
 from gpt.errors import UserError
 from gpt.tokenizer import load_tokenizer
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val")  # what training reads; never the test split
 _EVAL_STREAM = 2**31 - 1  # keeps the evaluation windows apart from every training step's
 
 
@@ -135,3 +138,19 @@ def _meta_problem(meta: object) -> str | None:
     if dtype not in ("uint16", "uint32"):
         return f"dtype {dtype!r} is neither uint16 nor uint32"
     return None
+
+
+def split_tokens(directory: Path, split: str, meta: dict) -> np.ndarray:
+    """Every token id of one split (``train``, ``val`` or ``test``) of a data_prep folder."""
+    path = directory / f"{split}.bin"
+    if not path.is_file() and split == "test":
+        raise UserError(
+            f"data folder {directory} has no test split (it was prepared before data_prep held "
+            "one out, or with --test-fraction 0); use --split val, or prepare the data again "
+            "with `python -m data_prep ... --test-fraction 0.1`"
+        )
+    if not path.is_file():
+        raise UserError(f"data folder {directory} lacks {path.name}; run data_prep again for it")
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=meta["dtype"])
+    return np.memmap(path, dtype=meta["dtype"], mode="r")

@@ -62,6 +62,7 @@ from gpt.data import BatchSlice, TokenData
 from gpt.errors import UserError
 from gpt.gpt2 import load_gpt2, pretrained_model_config
 from gpt.model import build_model
+from gpt.report import report_finished_run
 from gpt.resume import resume
 from gpt.throughput import peak_flops, tf32_enabled, use_tf32
 from gpt.tracking import Tracking, new_run_id
@@ -254,10 +255,19 @@ class Trainer:
         return self._finish()
 
     def _finish(self) -> TrainResult:
-        """Say how the run ended: it finished, stopped early, or was interrupted."""
+        """Write the report, and say how the run ended: finished, stopped early, or interrupted."""
         train, state = self.config.train, self.state
         finished = state.step >= train.max_iters or state.stopped_early
         stop_signal = self._stop_signal if not finished else None
+        if self.accelerator.is_main_process:  # figures and a summary in OUT_DIR/report/
+            report_finished_run(
+                self.out_dir,
+                step=state.step,
+                processes=self.accelerator.num_processes,
+                tokens_per_step=self._tokens_per_step(),
+                stopped_early=state.stopped_early,
+                interrupted=stop_signal is not None,
+            )
         ending, why, then = "finished", None, None
         if state.stopped_early:
             ending = "stopped early"

@@ -14,6 +14,8 @@ from gpt.cli import run_cli
 from gpt.tokenizer import END_OF_TEXT, load_tokenizer
 from tests.conftest import CORPUS, run_python
 
+SPLITS = ("train", "val", "test")
+
 TRICKY = (
     "Emoji 😀 and a family 👨‍👩‍👧, flags 🇫🇷!\r\n"
     "Combining: e\u0301 a\u0308 n\u0303, Hangul 한국어, CJK 漢字, Arabic مرحبا\r\n"
@@ -48,6 +50,16 @@ def meta_of(out: Path) -> dict:
 
 def ids_of(out: Path, split: str) -> np.ndarray:
     return np.fromfile(out / f"{split}.bin", dtype=meta_of(out)["dtype"])
+
+
+def texts_of(out: Path) -> list[str]:
+    """Each split's text (train, val, test if made), decoded; end-of-text tokens are left out."""
+    tokenizer = load_tokenizer(out / "tokenizer.json")
+    return [tokenizer.hf.decode(ids_of(out, split).tolist()) for split in meta_of(out)["tokens"]]
+
+
+def all_documents(out: Path) -> list[str]:
+    return sorted(document for split in SPLITS for document in documents_of(out, split))
 
 
 def documents_of(out: Path, split: str) -> list[str]:
@@ -89,9 +101,10 @@ def test_char_round_trips_tricky_text(tmp_path):
     assert meta["vocab_size"] == len(set(TRICKY)) == tokenizer.vocab_size
     vocab = tokenizer.hf.get_vocab()
     assert sorted(vocab, key=vocab.get) == sorted(vocab)  # ids follow the sorted characters
-    train, val = ids_of(out, "train"), ids_of(out, "val")
-    assert tokenizer.decode(train.tolist()) + tokenizer.decode(val.tolist()) == TRICKY * 3
-    assert meta["tokens"] == {"train": len(train), "val": len(val)}
+    assert "".join(texts_of(out)) == TRICKY * 3
+    assert meta["tokens"] == {split: len(ids_of(out, split)) for split in SPLITS}
+    texts = texts_of(out)
+    assert meta["bytes"] == {split: len(texts[i].encode()) for i, split in enumerate(SPLITS)}
 
 
 def test_bpe_round_trips_tricky_text(tmp_path):
@@ -101,8 +114,10 @@ def test_bpe_round_trips_tricky_text(tmp_path):
     meta = meta_of(out)
     assert meta["tokenizer"] == "bpe" and meta["vocab_size"] == 300 and meta["dtype"] == "uint16"
     assert load_tokenizer(out / "tokenizer.json").hf.id_to_token(meta["eot_id"]) == END_OF_TEXT
-    (train,), (val,) = documents_of(out, "train"), documents_of(out, "val")
-    assert train + val == TRICKY * 3
+    (train,), (val,), (test,) = (documents_of(out, split) for split in SPLITS)
+    assert train + val + test == TRICKY * 3
+    assert meta["bytes"] == {"train": len(train.encode()), "val": len(val.encode()),
+                             "test": len(test.encode())}  # fmt: skip
 
 
 def test_chunks_rejoin_exactly_and_keep_bpe_tokens(tmp_path):
@@ -123,8 +138,7 @@ def test_large_file_is_read_in_blocks_with_characters_across_block_edges(tmp_pat
     assert "".join(FileDocument(source, source.stat().st_size).chunks()) == text
     out = tmp_path / "out"
     assert prepare("--input", source, "--out", out) == 0
-    tokenizer = load_tokenizer(out / "tokenizer.json")
-    assert tokenizer.decode(ids_of(out, "train").tolist() + ids_of(out, "val").tolist()) == text
+    assert "".join(texts_of(out)) == text
 
 
 def test_existing_tokenizer_is_reused(tmp_path):
@@ -136,9 +150,7 @@ def test_existing_tokenizer_is_reused(tmp_path):
     assert prepare("--input", new_text, "--tokenizer", first, "--out", second) == 0  # its folder
     assert (second / "tokenizer.json").read_bytes() == (first / "tokenizer.json").read_bytes()
     assert meta_of(second)["vocab_size"] == 500
-    assert (
-        "".join(documents_of(second, "train") + documents_of(second, "val")) == new_text.read_text()
-    )
+    assert "".join(texts_of(second)) == new_text.read_text()
 
 
 def test_char_tokenizer_reuse_names_the_file_with_unknown_characters(tmp_path, capsys):
@@ -158,20 +170,20 @@ def test_bundled_shakespeare_with_char_tokenizer(shakespeare_char):
     meta = meta_of(shakespeare_char)
     text = CORPUS.read_text(encoding="utf-8")
     assert meta["tokenizer"] == "char" and meta["vocab_size"] == 65
-    assert meta["tokens"]["train"] + meta["tokens"]["val"] == len(text)
-    tokenizer = load_tokenizer(shakespeare_char / "tokenizer.json")
-    val_text = tokenizer.decode(ids_of(shakespeare_char, "val").tolist())
-    assert text.endswith(val_text) and 0.09 < len(val_text) / len(text) < 0.11
-    assert np.memmap(shakespeare_char / "train.bin", dtype=meta["dtype"], mode="r").size > 900_000
+    assert sum(meta["tokens"].values()) == len(text) == sum(meta["bytes"].values())
+    train, val, test = texts_of(shakespeare_char)
+    assert train + val + test == text
+    assert 0.09 < len(val) / len(text) < 0.11 and 0.09 < len(test) / len(text) < 0.11
+    assert np.memmap(shakespeare_char / "train.bin", dtype=meta["dtype"], mode="r").size > 850_000
 
 
 def test_bundled_shakespeare_with_bpe_tokenizer(tmp_path):
     out = tmp_path / "bpe"
     assert prepare("--input", CORPUS, "--tokenizer", "bpe", "--vocab-size", 2048, "--out", out) == 0
     meta = meta_of(out)
-    assert meta["vocab_size"] == 2048 and meta["documents"] == {"train": 1, "val": 1}
-    assert "".join(documents_of(out, "train") + documents_of(out, "val")) == CORPUS.read_text()
-    assert meta["tokens"]["train"] + meta["tokens"]["val"] < 0.5 * CORPUS.stat().st_size
+    assert meta["vocab_size"] == 2048 and meta["documents"] == {"train": 1, "val": 1, "test": 1}
+    assert "".join(texts_of(out)) == CORPUS.read_text()
+    assert sum(meta["tokens"].values()) < 0.5 * CORPUS.stat().st_size
 
 
 # --- inputs ---------------------------------------------------------------------------------------
@@ -203,9 +215,9 @@ def test_folder_of_files(tmp_path):
     meta = meta_of(out)
     assert len(meta["sources"]) == len(texts) + 1  # the empty file is listed, and skipped
     assert all(".git" not in source and "hidden" not in source for source in meta["sources"])
-    train, val = documents_of(out, "train"), documents_of(out, "val")
-    assert train and val and sorted(train + val) == sorted(texts.values())
-    assert meta["documents"] == {"train": len(train), "val": len(val)}
+    documents = {split: documents_of(out, split) for split in SPLITS}
+    assert all(documents.values()) and all_documents(out) == sorted(texts.values())
+    assert meta["documents"] == {split: len(found) for split, found in documents.items()}
 
 
 PNG_START = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"  # NUL bytes come early in a binary file
@@ -256,8 +268,8 @@ def test_glob_input(tmp_path):
     out = tmp_path / "out"
     assert prepare("--input", f"{tmp_path}/corpus/**/doc1.txt", "--out", out) == 0
     assert meta_of(out)["sources"] == [str(tmp_path / f"corpus/part{i}/doc1.txt") for i in range(3)]
-    documents = documents_of(out, "train") + documents_of(out, "val")
-    assert sorted(documents) == sorted(texts[f"part{i}/doc1.txt"] for i in range(3))
+    assert meta_of(out)["documents"] == {"train": 1, "val": 1, "test": 1}  # one each
+    assert all_documents(out) == sorted(texts[f"part{i}/doc1.txt"] for i in range(3))
 
 
 ROWS = [f"row {i}: café ☕ {'x' * (i % 7)}\nsecond line" for i in range(40)]
@@ -269,8 +281,8 @@ def test_jsonl_through_datasets(tmp_path):
     out = tmp_path / "out"
     argv = ["--hf-dataset", "json", "--hf-data-files", data, "--text-column", "body"]
     assert prepare(*argv, "--tokenizer", "bpe", "--vocab-size", 300, "--out", out) == 0
-    train, val = documents_of(out, "train"), documents_of(out, "val")
-    assert sorted(train + val) == sorted(ROWS) and 1 <= len(val) < 15
+    assert all_documents(out) == sorted(ROWS)
+    assert 1 <= len(documents_of(out, "val")) < 15 and 1 <= len(documents_of(out, "test")) < 15
     assert meta_of(out)["sources"][0]["hf_dataset"] == "json"
 
 
@@ -290,9 +302,9 @@ def test_json_array_and_streaming_give_the_same_bytes(tmp_path):
     ]
     assert prepare(*argv, "--out", plain) == 0
     assert prepare(*argv, "--streaming", "--out", streamed) == 0
-    for name in ("tokenizer.json", "train.bin", "val.bin"):
+    for name in ("tokenizer.json", "train.bin", "val.bin", "test.bin"):
         assert (plain / name).read_bytes() == (streamed / name).read_bytes()
-    assert sorted(documents_of(streamed, "train") + documents_of(streamed, "val")) == sorted(ROWS)
+    assert all_documents(streamed) == sorted(ROWS)
 
 
 def test_parquet_through_datasets(tmp_path):
@@ -305,73 +317,95 @@ def test_parquet_through_datasets(tmp_path):
     argv = ["--hf-dataset", "parquet", "--hf-data-files", data, "--tokenizer", "bpe"]
     assert prepare(*argv, "--vocab-size", 300, "--out", out) == 0
     meta = meta_of(out)
-    assert meta["documents"]["train"] + meta["documents"]["val"] == len(ROWS)  # null, "" skipped
-    assert sorted(documents_of(out, "train") + documents_of(out, "val")) == sorted(ROWS)
+    assert sum(meta["documents"].values()) == len(ROWS)  # null, "" skipped
+    assert all_documents(out) == sorted(ROWS)
 
 
-# --- the held-out split and determinism -----------------------------------------------------------
+# --- the held-out splits and determinism ----------------------------------------------------------
 
 
-def test_held_out_documents_depend_on_seed_only(tmp_path):
+def prepare_documents(tmp_path: Path, out: Path, *argv: str | int) -> int:
     corpus = tmp_path / "corpus"
-    for i in range(200):
-        write(corpus / f"{i:03d}.txt", f"document number {i}\n")
-    outs = {}
+    if not corpus.exists():
+        for i in range(200):
+            write(corpus / f"{i:03d}.txt", f"document number {i}\n")
+    return prepare(
+        "--input", corpus, "--tokenizer", "bpe", "--vocab-size", 300, *argv, "--out", out
+    )
+
+
+def test_held_out_documents_are_disjoint_and_depend_on_seed_only(tmp_path):
+    splits = {}
     for name, seed in [("a", 1), ("b", 1), ("c", 2)]:
-        outs[name] = tmp_path / name
-        assert (
-            prepare(
-                "--input",
-                corpus,
-                "--tokenizer",
-                "bpe",
-                "--vocab-size",
-                300,
-                "--seed",
-                seed,
-                "--out",
-                outs[name],
-            )
-            == 0
-        )
-    held_out = {name: sorted(documents_of(out, "val")) for name, out in outs.items()}
-    assert held_out["a"] == held_out["b"] != held_out["c"]
-    assert 5 <= len(held_out["a"]) <= 40  # about --val-fraction 0.1 of 200 documents
+        assert prepare_documents(tmp_path, tmp_path / name, "--seed", seed) == 0
+        splits[name] = {split: set(documents_of(tmp_path / name, split)) for split in SPLITS}
+    assert splits["a"] == splits["b"]
+    assert splits["a"]["val"] != splits["c"]["val"] and splits["a"]["test"] != splits["c"]["test"]
+    for split_sets in splits.values():
+        train, val, test = split_sets.values()
+        assert not (train & val or train & test or val & test)
+        assert len(train | val | test) == 200
+        assert 5 <= len(val) <= 40 and 5 <= len(test) <= 40  # about 0.1 of 200 documents each
+
+
+def test_a_test_split_leaves_the_validation_documents_as_they_were(tmp_path):
+    with_test, without = tmp_path / "with_test", tmp_path / "without"
+    assert prepare_documents(tmp_path, with_test) == 0
+    assert prepare_documents(tmp_path, without, "--test-fraction", "0") == 0
+    assert (with_test / "val.bin").read_bytes() == (without / "val.bin").read_bytes()
+    assert not (without / "test.bin").exists()
+    meta = meta_of(without)
+    assert set(meta["tokens"]) == set(meta["documents"]) == set(meta["bytes"]) == {"train", "val"}
+    assert set(documents_of(with_test, "train")) < set(documents_of(without, "train"))
+
+
+@pytest.mark.parametrize("fractions", [("0.01", "0.01"), ("0.98", "0.01"), ("0.01", "0.98")])
+def test_three_documents_fill_the_three_splits(tmp_path, fractions):
+    names = ["first", "second", "third"]
+    inputs = [write(tmp_path / f"{name}.txt", f"{name}\n") for name in names]
+    out = tmp_path / "out"
+    val_fraction, test_fraction = fractions
+    argv = ["--input", *inputs, "--tokenizer", "bpe", "--vocab-size", 300]
+    argv += ["--val-fraction", val_fraction, "--test-fraction", test_fraction]
+    assert prepare(*argv, "--out", out) == 0
+    assert all_documents(out) == sorted(f"{name}\n" for name in names)
+    assert meta_of(out)["documents"] == {"train": 1, "val": 1, "test": 1}
 
 
 @pytest.mark.parametrize("val_fraction", ["0.01", "0.99"])
-def test_two_documents_fill_both_splits(tmp_path, val_fraction):
+def test_two_documents_fill_train_and_val_without_a_test_split(tmp_path, val_fraction):
     one, two = write(tmp_path / "one.txt", "first\n"), write(tmp_path / "two.txt", "second\n")
     out = tmp_path / "out"
-    argv = [
-        "--input",
-        one,
-        two,
-        "--tokenizer",
-        "bpe",
-        "--vocab-size",
-        300,
-        "--val-fraction",
-        val_fraction,
-    ]
+    argv = ["--input", one, two, "--tokenizer", "bpe", "--vocab-size", 300]
+    argv += ["--val-fraction", val_fraction, "--test-fraction", "0"]
     assert prepare(*argv, "--out", out) == 0
     assert sorted(documents_of(out, "train") + documents_of(out, "val")) == ["first\n", "second\n"]
     assert meta_of(out)["documents"] == {"train": 1, "val": 1}
 
 
+def test_two_documents_are_too_few_for_a_test_split(tmp_path, capsys):
+    one, two = write(tmp_path / "one.txt", "first\n"), write(tmp_path / "two.txt", "second\n")
+    assert prepare("--input", one, two, "--out", tmp_path / "out") == 2
+    message = error_line(capsys)
+    assert "split came out empty" in message and "--test-fraction 0.1 (0 makes no" in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_single_document_holds_out_its_tail(tmp_path):
     text = "".join(f"line {i}\n" for i in range(1000))
     out = tmp_path / "out"
-    assert (
-        prepare(
-            "--input", write(tmp_path / "one.txt", text), "--val-fraction", "0.25", "--out", out
-        )
-        == 0
-    )
-    tokenizer = load_tokenizer(out / "tokenizer.json")
-    train, val = (tokenizer.decode(ids_of(out, split).tolist()) for split in ("train", "val"))
-    assert train + val == text and val.startswith("line ") and train.endswith("\n")
-    assert abs(len(val) / len(text) - 0.25) < 0.01
+    source = write(tmp_path / "one.txt", text)
+    argv = ["--input", source, "--val-fraction", "0.25", "--test-fraction", "0.15"]
+    assert prepare(*argv, "--out", out) == 0
+    train, val, test = texts_of(out)
+    assert train + val + test == text
+    assert train.endswith("\n") and val.startswith("line ") and test.startswith("line ")
+    assert abs(len(val) / len(text) - 0.25) < 0.01 and abs(len(test) / len(text) - 0.15) < 0.01
+    without_test = tmp_path / "without_test"
+    assert prepare("--input", source, "--val-fraction", "0.25", "--test-fraction", "0",
+                   "--out", without_test) == 0  # fmt: skip
+    train, val = texts_of(without_test)[:2]
+    assert train + val == text and abs(len(val) / len(text) - 0.25) < 0.01
 
 
 def test_single_row_dataset_holds_out_its_tail(tmp_path):
@@ -381,9 +415,12 @@ def test_single_row_dataset_holds_out_its_tail(tmp_path):
     out = tmp_path / "out"
     argv = ["--hf-dataset", "json", "--hf-data-files", data, "--tokenizer", "bpe"]
     assert prepare(*argv, "--vocab-size", 300, "--out", out) == 0
-    (train,), (val,) = documents_of(out, "train"), documents_of(out, "val")
-    assert train + val == text and val.startswith("line ")
+    (train,), (val,), (test,) = (documents_of(out, split) for split in SPLITS)
+    assert train + val + test == text and val.startswith("line ") and test.startswith("line ")
     assert abs(len(val.encode()) / len(text.encode()) - 0.1) < 0.01
+    assert abs(len(test.encode()) / len(text.encode()) - 0.1) < 0.01
+    assert meta_of(out)["bytes"] == {"train": len(train.encode()), "val": len(val.encode()),
+                                     "test": len(test.encode())}  # fmt: skip
 
 
 def test_same_input_same_output_bytes(tmp_path):
@@ -403,7 +440,7 @@ def test_same_input_same_output_bytes(tmp_path):
             )
             == 0
         )
-    for name in ("tokenizer.json", "train.bin", "val.bin", "meta.json"):
+    for name in ("tokenizer.json", "train.bin", "val.bin", "test.bin", "meta.json"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
     assert len(meta_of(first)["content_hash"]) == 64
 
@@ -470,6 +507,9 @@ def test_not_utf8_names_the_file_and_byte_offset(tmp_path, capsys):
         (["--input", CORPUS, "--tokenizer", "char", "--vocab-size", "0"], "char tokenizer"),
         (["--input", CORPUS, "--tokenizer", "no/tokenizer.json"], "does not exist"),
         (["--input", CORPUS, "--val-fraction", "1"], "between 0 and 1"),
+        (["--input", CORPUS, "--test-fraction", "-0.1"], "at least 0 (no test split)"),
+        (["--input", CORPUS, "--test-fraction", "1"], "at least 0 (no test split)"),
+        (["--input", CORPUS, "--val-fraction", "0.5", "--test-fraction", "0.5"], "sum less"),
         (["--input", CORPUS, "--streaming"], "only apply to --hf-dataset"),
         (["--input", CORPUS, "--num-proc", "0"], "at least 1"),
         (["--input", CORPUS, "--vocab-size", "many"], "invalid int value"),
@@ -509,7 +549,7 @@ def test_help_documents_every_flag():
     parser = build_parser()
     help_text = parser.format_help()
     flags = [flag for action in parser._actions for flag in action.option_strings]
-    assert len(flags) >= 17
+    assert len(flags) >= 18
     assert all(flag in help_text for flag in flags)
     assert all(action.help for action in parser._actions)
 

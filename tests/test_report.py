@@ -1,0 +1,250 @@
+"""gpt.report: figures and summary from synthetic metrics with known values, and from real runs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.image
+import yaml
+from PIL import Image
+
+from gpt.checkpoint import save_model
+from gpt.cli import run_cli
+from gpt.config import ModelConfig
+from gpt.model import build_model
+from gpt.report import FIGURES, REPORT_FILE, gap_growth_start, load_runs, loss_figure
+from gpt.report import _main as report_main
+
+from .conftest import ROOT, run_python
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Evaluations every 20 steps. The gap (val - train) is 0.10, 0.11, 0.105, 0.12, 0.15, 0.19: its
+# last rise-at-every-evaluation stretch starts at step 40. The best val loss is 2.10, at step 60.
+EVALS = [
+    (0, 4.00, 4.10),
+    (20, 3.00, 3.11),
+    (40, 2.30, 2.405),
+    (60, 1.98, 2.10),
+    (80, 1.96, 2.11),
+    (100, 1.93, 2.12),
+]
+TOKENS_PER_SECOND = 1000.0
+
+
+def synthetic_run(folder: Path, *, with_facts: bool = True, with_test: bool = True) -> Path:
+    """A run folder with known figures: 256 tokens per step and process (batch 4 x 2 x block 32)."""
+    folder.mkdir(parents=True)
+    records = []
+    for step, train_loss, val_loss in EVALS:
+        records.append({"step": step, "kind": "eval", "train_loss": train_loss,
+                        "val_loss": val_loss, "best_val_loss": min(val_loss, 4.1)})  # fmt: skip
+    for step in range(10, 101, 10):
+        records.append({"step": step, "kind": "train", "loss": 4 - step / 50, "lr": step / 1e5,
+                        "grad_norm": 1 / step, "tokens_per_sec": TOKENS_PER_SECOND,
+                        "mfu": step / 1000})  # fmt: skip
+    records.sort(key=lambda r: (r["step"], r["kind"] == "eval"))
+    lines = [json.dumps(r) for r in records]
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 10')  # a cut-off line
+    config = {
+        "data": {"dir": "data/x"},
+        "model": {"block_size": 32},
+        "train": {"batch_size": 4, "gradient_accumulation_steps": 2, "max_iters": 1000,
+                  "early_stopping_patience": 2},
+    }  # fmt: skip
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    if with_facts:
+        facts = {"step": 100, "processes": 2, "tokens_per_step": 512, "stopped_early": True,
+                 "interrupted": False}  # fmt: skip
+        (folder / "run.json").write_text(json.dumps(facts))
+    if with_test:
+        (folder / "eval_test.json").write_text(
+            json.dumps({"loss": 2.3456, "bits_per_byte": 3.3841})
+        )
+    model = build_model(
+        ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=50, bias=False)
+    )
+    save_model(folder / "model.safetensors", model)
+    return folder
+
+
+def table(report: Path) -> list[dict[str, str]]:
+    """report.md's summary table as one dict per run."""
+    rows = [line for line in report.read_text().splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    return [
+        dict(zip(header, [cell.strip() for cell in row.strip("|").split("|")], strict=True))
+        for row in rows[2:]
+    ]
+
+
+def assert_valid_pngs(folder: Path) -> None:
+    for name in FIGURES:
+        path = folder / name
+        assert path.read_bytes()[:8] == PNG_SIGNATURE, name
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size == (700, 360)
+        height, width, _ = matplotlib.image.imread(path).shape
+        assert (width, height) == (700, 360)
+        assert path.stat().st_size < 50_000  # small enough to commit
+
+
+def test_the_gap_starts_to_grow_where_it_rises_to_the_end():
+    steps = [0, 10, 20, 30, 40, 50]
+    assert gap_growth_start(steps, [0.1, 0.11, 0.105, 0.12, 0.15, 0.19]) == 20
+    assert gap_growth_start(steps, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]) == 0
+    assert gap_growth_start(steps, [0.5, 0.4, 0.3, 0.2, 0.1, 0.0]) is None  # shrinking
+    assert gap_growth_start(steps, [0.1, 0.1, 0.1, 0.1, 0.1, 0.2]) is None  # one rise: not yet
+    assert gap_growth_start(steps, [0.1, 0.1, 0.1, 0.1, 0.2, 0.3]) == 30
+    assert gap_growth_start(steps, [0.1, 0.1, 0.1, 0.1005, 0.101, 0.1015]) is None  # noise
+    assert gap_growth_start(steps[:1], [0.1]) is None
+
+
+def test_report_from_synthetic_metrics_holds_the_known_values(tmp_path):
+    run = synthetic_run(tmp_path / "synthetic")
+    assert run_cli(report_main, [str(run)]) == 0
+    out = run / "report"
+    assert_valid_pngs(out)
+    report = (out / REPORT_FILE).read_text()
+    (row,) = table(out / REPORT_FILE)
+    parameters = build_model(
+        ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=50, bias=False)
+    ).num_params()
+    assert row == {
+        "run": "synthetic",
+        "steps": "100 (early stop)",
+        "parameters": f"{parameters:,}",
+        "tokens seen": "51,200",  # 100 steps x 512 tokens (run.json: 2 processes)
+        "wall time": "51.2 s",  # 10 records x 10 steps x 512 tokens / 1000 tokens/s
+        "best val loss (step)": "2.1000 (60)",
+        "final train loss": "1.9300",
+        "final val loss": "2.1200",
+        "test loss": "2.3456",
+        "test bits per byte": "3.3841",
+    }
+    assert "`synthetic`: the gap grows from step 40 on." in report
+    for name in FIGURES:
+        assert f"]({name})" in report
+    assert "assume one process" not in report
+
+
+def test_figures_mark_the_best_val_loss_and_the_early_stop(tmp_path):
+    runs = load_runs([synthetic_run(tmp_path / "a"), synthetic_run(tmp_path / "b")])
+    for x_axis in ("step", "tokens"):
+        (ax,) = loss_figure(runs, x_axis).axes
+        labels = ax.get_legend_handles_labels()[1]
+        for name in ("a", "b"):
+            assert f"{name}: best val 2.1000 (step 60)" in labels
+            assert f"{name}: early stop (step 100)" in labels
+            assert f"{name}: val" in labels and f"{name}: train batches" in labels
+        best = next(line for line in ax.get_lines() if line.get_label().startswith("a: best"))
+        scale = 1 if x_axis == "step" else 512
+        assert list(best.get_xdata()) == [60 * scale] and list(best.get_ydata()) == [2.10]
+
+
+def test_several_runs_are_overlaid_and_runs_without_run_json_assume_one_process(
+    tmp_path, monkeypatch
+):
+    first = synthetic_run(tmp_path / "one" / "run")
+    second = synthetic_run(tmp_path / "two" / "run", with_facts=False, with_test=False)
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(report_main, [str(first), str(second)]) == 0  # default: ./report
+    rows = table(tmp_path / "report" / REPORT_FILE)
+    assert [row["run"] for row in rows] == [str(first), str(second)]  # same names: their paths
+    assert rows[1]["tokens seen"] == "25,600" and rows[1]["wall time"] == "25.6 s"
+    assert rows[1]["steps"] == "100 (early stop)"  # from the patience rule, without run.json
+    assert rows[1]["test loss"] == rows[1]["test bits per byte"] == "-"
+    assert f"`{second}` has no run.json" in (tmp_path / "report" / REPORT_FILE).read_text()
+    assert_valid_pngs(tmp_path / "report")
+
+
+def test_a_folder_without_metrics_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert run_cli(report_main, [str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {tmp_path / 'empty'} has no metrics.jsonl; pass a training output folder"
+    ]
+
+
+# ----- real runs ------------------------------------------------------------------------------------
+
+TINY = [
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "train.batch_size=8",
+    "train.eval_iters=2",
+    "train.log_interval=5",
+    "train.warmup_iters=5",
+    "train.wandb.mode=disabled",
+]
+
+
+def train_command(data: Path, out: Path, *overrides: str) -> list[str]:
+    config = ROOT / "configs" / "shakespeare_char_cpu.yaml"
+    return ["train.py", str(config), f"data.dir={data}", f"train.out_dir={out}", *TINY, *overrides]
+
+
+def test_a_real_run_ends_with_its_report_and_takes_the_test_result(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    result = run_python(*train_command(shakespeare_char, out, "train.max_iters=20",
+                                       "train.eval_interval=10"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"report: {out / 'report' / REPORT_FILE}" in result.stdout
+    assert_valid_pngs(out / "report")
+    facts = json.loads((out / "run.json").read_text())
+    assert facts == {"step": 20, "processes": 1, "tokens_per_step": 256, "stopped_early": False,
+                     "interrupted": False}  # fmt: skip
+    (row,) = table(out / "report" / REPORT_FILE)
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r["kind"] == "eval"]
+    best = min(evals, key=lambda r: r["val_loss"])
+    assert row["best val loss (step)"] == f"{best['val_loss']:.4f} ({best['step']})"
+    assert row["final val loss"] == f"{evals[-1]['val_loss']:.4f}"
+    assert row["tokens seen"] == "5,120" and row["steps"] == "20" and row["test loss"] == "-"
+
+    evaluated = run_python("-m", "gpt.evaluate", str(out), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    test = json.loads(evaluated.stdout)
+    assert run_python("-m", "gpt.report", str(out)).returncode == 0
+    (row,) = table(out / "report" / REPORT_FILE)
+    assert row["test loss"] == f"{test['loss']:.4f}"
+    assert row["test bits per byte"] == f"{test['bits_per_byte']:.4f}"
+
+
+def test_a_clean_stop_writes_the_report(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    command = train_command(shakespeare_char, out, "train.max_iters=100000")
+    process = subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while (
+        not (out / "metrics.jsonl").exists() or '"train"' not in (out / "metrics.jsonl").read_text()
+    ):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert json.loads((out / "run.json").read_text())["interrupted"] is True
+    (row,) = table(out / "report" / REPORT_FILE)
+    assert row["steps"].endswith("(stopped by signal)")
+    assert_valid_pngs(out / "report")
+
+
+def test_a_report_that_cannot_be_written_never_fails_the_run(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "report").write_text("a file where the report folder should go")
+    result = run_python(*train_command(shakespeare_char, out, "train.max_iters=5"))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "no report was written" in warnings[0], result.stderr
+    assert "done at step 5/5" in result.stdout and (out / "model.safetensors").is_file()
