@@ -253,7 +253,8 @@ def test_char_documents_are_separated_by_end_of_text(tmp_path):
     first = write(tmp_path / "a.txt", "hear me speak.")
     second = write(tmp_path / "b.txt", "All:\nSpeak, speak.")
     out = tmp_path / "out"
-    assert prepare("--input", first, second, "--val-fraction", "0.5", "--out", out) == 0
+    argv = ["--input", first, second, "--val-fraction", "0.5", "--test-fraction", "0"]
+    assert prepare(*argv, "--out", out) == 0
     meta = meta_of(out)
     tokenizer = load_tokenizer(out / "tokenizer.json")
     assert tokenizer.kind == "char" and meta["eot_id"] == tokenizer.eot_id

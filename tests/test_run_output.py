@@ -115,7 +115,7 @@ def test_a_run_logged_to_a_file_says_what_it_is_and_has_a_plain_line_per_log_int
         "model": f"gpt, {parameters:,} parameters",
         "batch": "256 tokens a step = batch 8 x accumulation 1 x 1 process x block 32",
         "data": f"{shakespeare_char}: {meta['tokens']['train']:,} train, "
-        f"{meta['tokens']['val']:,} val tokens",
+        f"{meta['tokens']['val']:,} val, {meta['tokens']['test']:,} test tokens",
         "output": str(out),
         "start": "fresh",
     }
