@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from tqdm import tqdm
 from data_prep.sources import CHUNK_CHARS, DatasetCorpus, FileCorpus, utf8_length
 from data_prep.split import Fractions, Piece, split_pieces
 from gpt.errors import UserError
+from gpt.files import publish_folder, staging_folder
 from gpt.tokenizer import (
     MAX_BPE_VOCAB,
     MIN_BPE_VOCAB,
@@ -93,7 +92,8 @@ def prepare(corpus: Corpus, settings: Settings, arguments: dict[str, Any]) -> di
             "arguments": arguments,
         }
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        publish(staging, settings.out, settings.overwrite)
+        check_output_folder(settings.out, settings.overwrite)  # again: it may have appeared
+        publish_folder(staging, settings.out)
     return meta
 
 
@@ -319,36 +319,6 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
             f"--out {out} exists and is not a data_prep folder (no meta.json); "
             "--overwrite only replaces those: choose another --out"
         )
-
-
-@contextmanager
-def staging_folder(out: Path) -> Iterator[Path]:
-    """A fresh sibling folder ``OUT.tmp-<pid>`` to write into; removed if anything fails."""
-    staging = _sibling(out, "tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # a no-op once published
-
-
-def publish(staging: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished folder to ``out``; an old ``out`` is removed only after that."""
-    check_output_folder(out, overwrite)  # again: something may have appeared meanwhile
-    if not out.exists():
-        staging.rename(out)
-        return
-    old = _sibling(out, "old")
-    out.rename(old)
-    staging.rename(out)
-    shutil.rmtree(old)
-
-
-def _sibling(out: Path, label: str) -> Path:
-    """``OUT.label-<pid>``: a name beside ``out`` that no other run and no trainer will use."""
-    out = out.absolute()
-    return out.with_name(f"{out.name}.{label}-{os.getpid()}")
 
 
 def describe(meta: dict[str, Any], out: Path) -> str:

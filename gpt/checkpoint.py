@@ -44,6 +44,7 @@ from pydantic import ValidationError
 from gpt.agreement import first_problem
 from gpt.config import ModelConfig
 from gpt.errors import UserError
+from gpt.files import replace_file
 from gpt.lm import LanguageModel
 from gpt.model import build_model
 from gpt.tokenizer import Tokenizer, load_tokenizer
@@ -79,12 +80,13 @@ def save_model(
     ``metadata`` goes into the file's header beside the config: the trainer records the ``step``
     and ``val_loss`` of the best weights there.
     """
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
     metadata = {**(metadata or {}), "model_config": model.config.model_dump_json()}
-    safetensors.torch.save_model(model, str(temporary), metadata=metadata)
-    _use_default_permissions(temporary)
-    os.replace(temporary, path)
+
+    def write(temporary: Path) -> None:
+        safetensors.torch.save_model(model, str(temporary), metadata=metadata)
+        _use_default_permissions(temporary)
+
+    replace_file(Path(path), write)
 
 
 def _use_default_permissions(path: Path) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -41,10 +40,11 @@ from tokenizers import pre_tokenizers
 from tqdm.auto import tqdm
 
 from gpt.checkpoint import WEIGHTS_FILE, load_trained
-from gpt.cli import run_cli
+from gpt.cli import ArgumentParser, run_cli
 from gpt.config import load_config
 from gpt.data import read_meta, split_tokens
 from gpt.errors import UserError
+from gpt.files import write_text
 from gpt.lm import LanguageModel
 from gpt.sample_cli import resolve_device
 from gpt.tokenizer import Tokenizer, load_tokenizer
@@ -183,7 +183,7 @@ def check_same_tokenizer(run: Tokenizer, data: Tokenizer, data_dir: Path) -> Non
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m gpt.evaluate",
         description="Score a trained model on every token of a split of a data_prep folder: mean "
         "loss (nats per token), perplexity, bits per byte of the original text, tokens scored, "
@@ -251,7 +251,7 @@ def _main(argv: list[str]) -> int:
     if args.json:
         text = json.dumps(asdict(evaluation), indent=2)
         name = result_name(args.split, Path(evaluation.data), out_dir)
-        _write_atomically(out_dir / name, text + "\n")
+        write_text(out_dir / name, text + "\n")
         print(text)
     else:
         print(describe(evaluation))
@@ -344,12 +344,6 @@ def _add_up(score: Score, accelerator) -> Score:
 
 def _same_path(a: Path, b: Path) -> bool:
     return a.absolute().resolve() == b.absolute().resolve()
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def main() -> None:

@@ -16,8 +16,6 @@ interrupted export never leaves a folder that looks whole.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -25,6 +23,7 @@ from typing import NoReturn
 from gpt.checkpoint import load_trained
 from gpt.cli import ArgumentParser, run_cli
 from gpt.errors import UserError
+from gpt.files import publish_folder, staging_folder
 from gpt.gpt2 import CONFIG_FILE, save_gpt2
 from gpt.model import GPT
 
@@ -61,15 +60,10 @@ def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False) 
             f"{checkpoint} holds a model.arch={model.config.arch} baseline; only GPT models map "
             "onto GPT-2 (the MLP and CNN baselines have no counterpart in transformers)"
         )
-    staging = _sibling(out, "tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staging_folder(out) as staging:
         save_gpt2(model, tokenizer, staging)
-        _fsync_files(staging)
-        _publish(staging, out, overwrite)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # a no-op once published
+        check_destination(out, overwrite)  # again: something may have appeared meanwhile
+        publish_folder(staging, out)
     return out
 
 
@@ -84,30 +78,6 @@ def check_destination(out: Path, overwrite: bool) -> None:
             f"{out} exists and is not a model folder (no {CONFIG_FILE}); --overwrite only "
             "replaces an earlier export: choose another DIR"
         )
-
-
-def _publish(staging: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished folder to ``out``; an earlier ``out`` is removed only after that."""
-    check_destination(out, overwrite)  # again: something may have appeared meanwhile
-    if not out.exists() or not any(out.iterdir()):
-        os.replace(staging, out)  # also replaces an empty folder
-        return
-    old = _sibling(out, "old")
-    out.rename(old)
-    staging.rename(out)
-    shutil.rmtree(old)
-
-
-def _sibling(out: Path, label: str) -> Path:
-    """``DIR.label-<pid>``: a name beside ``out`` that no other run uses."""
-    out = out.absolute()
-    return out.with_name(f"{out.name}.{label}-{os.getpid()}")
-
-
-def _fsync_files(folder: Path) -> None:
-    for file in folder.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
 
 
 def _main(argv: list[str]) -> int:

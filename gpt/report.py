@@ -33,7 +33,6 @@ import argparse
 import io
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -43,8 +42,9 @@ from typing import Any
 import safetensors
 import yaml
 
-from gpt.cli import run_cli
+from gpt.cli import ArgumentParser, run_cli
 from gpt.errors import UserError
+from gpt.files import replace_file, write_text
 
 RUN_FACTS_FILE = "run.json"
 REPORT_DIR = "report"
@@ -351,10 +351,10 @@ def write_report(run_dirs: Iterable[Path], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for file_name, (_, draw) in FIGURES.items():
         figure = draw(runs)
-        _replace_atomically(out / file_name, lambda path, f=figure: save_png(f, path))
+        replace_file(out / file_name, lambda path, f=figure: save_png(f, path))
     report = out / REPORT_FILE
     text = report_markdown(runs)
-    _replace_atomically(report, lambda path: path.write_text(text, encoding="utf-8"))
+    write_text(report, text)
     return report
 
 
@@ -473,16 +473,6 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
 
 
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through a temporary file renamed into place: never half a file."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 # ----- at the end of a training run ---------------------------------------------------------------
 
 
@@ -507,9 +497,7 @@ def report_finished_run(
             "interrupted": interrupted,
         }
         text = json.dumps(facts, indent=2) + "\n"
-        _replace_atomically(
-            out_dir / RUN_FACTS_FILE, lambda path: path.write_text(text, encoding="utf-8")
-        )
+        write_text(out_dir / RUN_FACTS_FILE, text)
         report = write_report([out_dir], out_dir / REPORT_DIR)
         print(f"report: {report}")
     except Exception as error:  # anything at all: the run itself has succeeded
@@ -521,7 +509,7 @@ def report_finished_run(
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m gpt.report",
         description="Write PNG figures (losses against step and tokens, the generalisation gap, "
         "learning rate, gradient norm, throughput and MFU) and a report.md with a summary table "

@@ -60,6 +60,7 @@ from gpt.config import Config, TrainConfig, fit_warmup_to_run
 from gpt.console import Console, RunFacts, end_of_run, startup_block
 from gpt.data import BatchSlice, TokenData
 from gpt.errors import UserError
+from gpt.files import write_text
 from gpt.gpt2 import load_gpt2, pretrained_model_config
 from gpt.model import build_model
 from gpt.report import report_finished_run
@@ -649,10 +650,7 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
 
 def _write_atomically(path: Path, text: str) -> None:
     """Write a file of the output folder under a temporary name, then rename it."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        write_text(path, text)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise write_failed(str(path), first_line(error), path.parent) from None
