@@ -111,7 +111,8 @@ def score_tokens(
     model.eval()
     loss_sum, count = 0.0, 0
     batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-    for batch in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
+    bar = tqdm(batches, desc="evaluate", disable=None if progress else True, leave=False)
+    for batch in bar:  # a bar on a terminal only (disable=None), so logs hold no frames
         rows = np.stack([tokens[end - length : end + 1] for end in ends[batch]]).astype(np.int64)
         rows = torch.from_numpy(rows).to(device)
         inputs, targets = rows[:, :-1], rows[:, 1:].clone()
