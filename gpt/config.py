@@ -53,7 +53,16 @@ class ModelConfig(Section):
     activation: Literal["gelu", "gelu_tanh"] = Field(
         "gelu", description="gelu (exact) | gelu_tanh (GPT-2's tanh approximation) (gpt)"
     )
-    init: Literal["xavier", "gpt2"] = Field("xavier", description="xavier | gpt2 (normal 0.02)")
+    init: Literal["xavier", "lecun", "gpt2"] = Field(
+        "xavier", description="xavier | lecun (Var 1/n_in) | gpt2 (normal 0.02)"
+    )
+    init_scale: float = Field(
+        1.0, gt=0.0, description="multiplies every initial weight's standard deviation"
+    )
+    residual: bool = Field(True, description="residual connections around blocks (gpt, cnn)")
+    norm: Literal["layer", "batch", "none"] = Field(
+        "layer", description="layer | batch (cnn only) | none: the normalisation layers"
+    )
     vocab_size: PositiveInt | None = Field(
         None, description="None: from the data's meta.json; larger values pad the vocabulary"
     )
@@ -65,6 +74,16 @@ class ModelConfig(Section):
         if self.arch == "gpt" and self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _batch_norm_only_in_the_cnn(self) -> ModelConfig:
+        if self.norm == "batch" and self.arch != "cnn":
+            raise ValueError(
+                f"model.norm=batch is for the CNN baseline only (model.arch={self.arch}): its "
+                "statistics over a batch mix the positions of a sequence, letting a position see "
+                "the ones after it; use model.norm=layer or none"
             )
         return self
 
@@ -99,9 +118,18 @@ class TrainConfig(Section):
     lr_schedule: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="decay shape"
     )
-    weight_decay: float = Field(0.1, ge=0.0, description="AdamW decoupled weight decay")
-    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1")
-    beta2: float = Field(0.99, ge=0.0, lt=1.0, description="AdamW beta2")
+    optimizer: Literal["adamw", "adam", "sgd", "lbfgs"] = Field(
+        "adamw", description="adamw | adam | sgd | lbfgs (see gpt/optim.py)"
+    )
+    weight_decay: float = Field(
+        0.1, ge=0.0, description="decoupled (adamw), or an L2 penalty in the gradient (adam, sgd)"
+    )
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="Adam(W) beta1")
+    beta2: float = Field(0.99, ge=0.0, lt=1.0, description="Adam(W) beta2")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum (0: plain SGD)")
+    full_batch: bool = Field(
+        False, description="every step on every window of the training split (lbfgs needs it)"
+    )
     grad_clip: float = Field(1.0, ge=0.0, description="max global gradient norm (0: off)")
     eval_interval: PositiveInt = Field(250, description="steps between evaluations")
     eval_iters: PositiveInt = Field(20, description="batches per split per evaluation")
@@ -146,6 +174,33 @@ class TrainConfig(Section):
                 f"train.warmup_iters ({self.warmup_iters}) must not exceed "
                 f"train.lr_decay_iters ({self.lr_decay_iters}); lower one or raise the other"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _optimizer_settings_fit(self) -> TrainConfig:
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(
+                f"train.momentum is for train.optimizer=sgd (not {self.optimizer}, whose momentum "
+                "is train.beta1); remove it"
+            )
+        if self.full_batch and self.gradient_accumulation_steps > 1:
+            raise ValueError(
+                "train.full_batch=true takes every training window in each step, in chunks of "
+                "train.batch_size; set train.gradient_accumulation_steps=1"
+            )
+        if self.optimizer == "lbfgs":
+            needed = {
+                "train.full_batch=true": self.full_batch,
+                "train.weight_decay=0": self.weight_decay == 0,
+                "train.grad_clip=0": self.grad_clip == 0,
+                "train.mixed_precision=no or bf16": self.mixed_precision != "fp16",
+            }
+            missing = [setting for setting, present in needed.items() if not present]
+            if missing:
+                raise ValueError(
+                    "train.optimizer=lbfgs minimises one fixed function by line search, with "
+                    f"exact gradients; set {', '.join(missing)}"
+                )
         return self
 
     @property

@@ -70,6 +70,13 @@ class TokenStream:
         windows = torch.from_numpy(windows.astype(np.int64))
         return windows[:, :-1], windows[:, 1:]
 
+    def every_window(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of the stream cut into consecutive windows from its start, each token
+        a target once (the last tokens, too few to fill a window, are left out)."""
+        count = (len(self.tokens) - 1) // self.block_size
+        tokens = torch.from_numpy(self.tokens[: count * self.block_size + 1].astype(np.int64))
+        return tokens[:-1].view(count, -1), tokens[1:].view(count, -1)
+
     def _window_starts(self, seed: int, key: int, count: int) -> np.ndarray:
         rng = np.random.default_rng([seed, key])
         return rng.integers(0, len(self.tokens) - self.block_size, size=count)
@@ -90,6 +97,10 @@ class TokenData:
 
     def train_batch(self, seed: int, step: int, part: BatchSlice):
         return self.splits["train"].batch(seed, step, part)
+
+    def every_train_window(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole training split, as ``train.full_batch`` trains on it every step."""
+        return self.splits["train"].every_window()
 
     def eval_batch(self, split: str, seed: int, index: int, part: BatchSlice):
         """The ``index``-th evaluation batch: the same windows at every evaluation."""

@@ -133,6 +133,23 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
             ["train.warmup_iters=50", "train.lr_decay_iters=40"],
             "train.warmup_iters (50) must not exceed train.lr_decay_iters (40)",
         ),
+        (["model.init=he"], "config key 'model.init'"),
+        (["model.init_scale=0"], "config key 'model.init_scale': input should be greater than 0"),
+        (["model.norm=group"], "config key 'model.norm'"),
+        (["model.norm=batch"], "model.norm=batch is for the CNN baseline only (model.arch=gpt)"),
+        (["model.arch=mlp", "model.norm=batch"], "CNN baseline only (model.arch=mlp)"),
+        (["train.optimizer=rmsprop"], "config key 'train.optimizer'"),
+        (["train.momentum=0.9"], "train.momentum is for train.optimizer=sgd (not adamw"),
+        (["train.optimizer=sgd", "train.momentum=1"], "config key 'train.momentum'"),
+        (
+            ["train.full_batch=true", "train.gradient_accumulation_steps=2"],
+            "set train.gradient_accumulation_steps=1",
+        ),
+        (
+            ["train.optimizer=lbfgs", "train.mixed_precision=fp16"],
+            "set train.full_batch=true, train.weight_decay=0, train.grad_clip=0, "
+            "train.mixed_precision=no or bf16",
+        ),
         (["model.n_layer"], "is not of the form section.key=value"),
         (["model.n_layer.deep=1"], "model.n_layer is a value, not a section"),
     ],
