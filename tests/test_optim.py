@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 
 from gpt.config import ModelConfig, TrainConfig, load_config
 from gpt.errors import UserError
@@ -18,6 +17,8 @@ from gpt.trainer import Trainer
 
 from .conftest import CORPUS, ROOT, run_python
 from .test_trainer import assert_same_weights, final_weights, read_metrics
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # runs train in this process
 
 CPU = torch.device("cpu")
 
@@ -138,14 +139,6 @@ OPTIMIZERS = {
     "adam": ["train.optimizer=adam", "train.learning_rate=1e-2", "train.min_lr=0"],
     "lbfgs": ["train.optimizer=lbfgs", *FULL_BATCH, "train.learning_rate=1"],
 }
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """accelerate keeps one device and precision per process; forget this module's CPU runs, so
-    that a later test in this process may train on a GPU or in fp16."""
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def train_here(data: Path, out: Path, *overrides: str) -> None:
