@@ -38,6 +38,12 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     dir: str = Field("data/shakespeare_char", description="a folder written by data_prep")
+    train_fraction: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="train on the first this fraction of train.bin's tokens; val and test stay whole",
+    )
 
 
 class ModelConfig(Section):
