@@ -144,11 +144,11 @@ class SweepRunner:
         self.stop = StopRequests()
 
     def run(self, selected: list[PlannedRun], plan: bool = False) -> int:
-        self.sweep.out.mkdir(parents=True, exist_ok=True)
         with self.stop:
             if self.sweep.data_prep_argv is not None and not self._prepare_data():
                 return self._stopped("while preparing the data")
-            self._check_data(selected)
+            self._check_data(self.sweep.runs)
+            self.sweep.out.mkdir(parents=True, exist_ok=True)
             if plan:
                 self._print_plan()
                 return 0
@@ -190,6 +190,7 @@ class SweepRunner:
                     f"{sweep.path}'s; pass another --out, or delete {sweep.out} to start over"
                 )
             return True
+        sweep.out.mkdir(parents=True, exist_ok=True)
         _write_json(record, wanted)
         say(f"preparing the data: python -m data_prep {shlex.join(sweep.data_prep_argv)}")
         code = self._child(["-m", "data_prep", *sweep.data_prep_argv])
