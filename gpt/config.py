@@ -38,6 +38,12 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     dir: str = Field("data/shakespeare_char", description="a folder written by data_prep")
+    train_fraction: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="train on the first this fraction of train.bin's tokens; val and test stay whole",
+    )
 
 
 class ModelConfig(Section):
@@ -236,9 +242,9 @@ class Config(Section):
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config, apply ``key=value`` overrides and validate everything once."""
-    raw: dict[str, Any] = {} if path is None else _read_yaml(Path(path))
+    raw: dict[str, Any] = {} if path is None else read_config_file(Path(path))
     for override in overrides:
-        _apply_override(raw, override)
+        apply_override(raw, override)
     return config_from_dict(raw)
 
 
@@ -250,7 +256,8 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         raise UserError(_describe(error)) from None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A config file as a plain nested dict, not yet validated."""
     if not path.is_file():
         raise UserError(
             f"config file {path} does not exist; pass a YAML file such as configs/*.yaml"
@@ -270,22 +277,33 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _apply_override(raw: dict[str, Any], override: str) -> None:
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``section.key=value`` in a raw config; the value is read as YAML (``true``, ``3e-4``)."""
     key, sep, text = override.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"override {override!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    set_key(raw, key, value, f"override {override!r}")
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any, source: str | None = None) -> None:
+    """Set the dotted ``key`` (``model.n_layer``) of a raw config to ``value``, making sections as
+    needed. ``source`` names where the setting comes from, in errors."""
+    source = source or f"key {key!r}"
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"{source} is not a dotted key such as section.key")
     *parents, leaf = key.split(".")
     node = raw
     for depth, part in enumerate(parents):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             prefix = ".".join(parents[: depth + 1])
-            raise UserError(f"override {override!r}: {prefix} is a value, not a section")
+            raise UserError(f"{source}: {prefix} is a value, not a section")
         node = child
-    try:
-        node[leaf] = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
-        node[leaf] = text
+    node[leaf] = value
 
 
 def _describe(error: ValidationError) -> str:

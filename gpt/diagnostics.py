@@ -164,6 +164,8 @@ def initial_weights_of_run(config: Config) -> LanguageModel:
 def first_batch_of_run(config: Config, data_dir: str | Path | None = None):
     """The inputs and targets of a run's first step (one process's, all its micro-batches)."""
     train = config.train
-    data = TokenData(data_dir or config.data.dir, config.model.block_size)
+    data = TokenData(
+        data_dir or config.data.dir, config.model.block_size, config.data.train_fraction
+    )
     size = train.batch_size * train.gradient_accumulation_steps
     return data.train_batch(train.seed, 0, BatchSlice(size, 0, size))

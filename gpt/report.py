@@ -351,10 +351,10 @@ def write_report(run_dirs: Iterable[Path], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for file_name, (_, draw) in FIGURES.items():
         figure = draw(runs)
-        _replace_atomically(out / file_name, lambda path, f=figure: save_png(f, path))
+        replace_atomically(out / file_name, lambda path, f=figure: save_png(f, path))
     report = out / REPORT_FILE
     text = report_markdown(runs)
-    _replace_atomically(report, lambda path: path.write_text(text, encoding="utf-8"))
+    replace_atomically(report, lambda path: path.write_text(text, encoding="utf-8"))
     return report
 
 
@@ -436,7 +436,7 @@ def summary_table(runs: list[Run]) -> list[str]:
                 _steps(run),
                 _integer(run.parameters),
                 _integer(run.tokens_seen),
-                _duration(run.wall_seconds),
+                duration_text(run.wall_seconds),
                 f"{best['val_loss']:.4f} ({best['step']})" if best else "-",
                 f"{last['train_loss']:.4f}" if last else "-",
                 f"{last['val_loss']:.4f}" if last else "-",
@@ -463,7 +463,7 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _duration(seconds: float | None) -> str:
+def duration_text(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     minutes, rest = divmod(round(seconds), 60)
@@ -473,7 +473,7 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
 
 
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Write ``path`` through a temporary file renamed into place: never half a file."""
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -507,7 +507,7 @@ def report_finished_run(
             "interrupted": interrupted,
         }
         text = json.dumps(facts, indent=2) + "\n"
-        _replace_atomically(
+        replace_atomically(
             out_dir / RUN_FACTS_FILE, lambda path: path.write_text(text, encoding="utf-8")
         )
         report = write_report([out_dir], out_dir / REPORT_DIR)

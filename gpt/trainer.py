@@ -172,7 +172,7 @@ class Trainer:
         model_config = config.model
         if train.init_from is not None:  # the pretrained weights fix the shape (gpt/gpt2.py)
             model_config = pretrained_model_config(config.model, train.init_from, config.data.dir)
-        self.data = TokenData(config.data.dir, model_config.block_size)
+        self.data = TokenData(config.data.dir, model_config.block_size, config.data.train_fraction)
         self.model_config = model_config.model_copy(
             update={"vocab_size": self._vocab_size(model_config.vocab_size)}
         )
@@ -574,6 +574,8 @@ class Trainer:
             full_batch_windows=None if self.every_window is None else len(self.every_window[0]),
             data_dir=str(self.data.dir),
             data_tokens=self.data.meta["tokens"],
+            train_fraction=self.config.data.train_fraction,
+            train_tokens=self.data.train_tokens,
             out_dir=str(self.out_dir),
             start=start,
             warmup_note=self._warmup_note,

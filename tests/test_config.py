@@ -127,6 +127,8 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
             "model.n_embd (100) must be divisible by model.n_head (6)",
         ),
         (["model.arch=rnn"], "config key 'model.arch'"),
+        (["data.train_fraction=0"], "config key 'data.train_fraction': input should be greater"),
+        (["data.train_fraction=1.5"], "config key 'data.train_fraction': input should be less"),
         (["train.mixed_precision=fp8"], "config key 'train.mixed_precision'"),
         (["train.min_lr=1.0"], "train.min_lr (1.0) must not exceed train.learning_rate"),
         (
