@@ -13,6 +13,7 @@ Importing this module draws nothing: matplotlib is imported when a figure is dra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from gpt.report import DPI, FIGURE_SIZE
@@ -108,6 +109,262 @@ def capacity(runs: list[Measured]) -> list[AnalysisFigure]:
             "(approximation error); where they rise again while the train loss still falls, the "
             "larger ones overfit (estimation error). The gap between the train and val curves is "
             "the generalisation gap.",
+            figure,
+        )
+    ]
+
+
+# ----- helpers of lessons 5-7: inside the network, through depth ----------------------------------
+
+
+def step_zero_diagnostics(m: Measured):
+    """:func:`gpt.diagnostics.diagnose` of a run's model as it was at step 0, on its first batch."""
+    from gpt.diagnostics import diagnose, first_batch_of_run, initial_weights_of_run
+
+    config = resolved_config(m)
+    return diagnose(initial_weights_of_run(config), *first_batch_of_run(config))
+
+
+def final_diagnostics(m: Measured):
+    """The same for the run's last checkpoint (None without one), on the same first batch."""
+    from gpt.checkpoint import latest_checkpoint, load_trained
+    from gpt.diagnostics import diagnose, first_batch_of_run
+
+    checkpoint = latest_checkpoint(m.run.dir)
+    if checkpoint is None:
+        return None
+    model, _ = load_trained(checkpoint)
+    return diagnose(model, *first_batch_of_run(resolved_config(m)))
+
+
+def resolved_config(m: Measured):
+    """The config the run trained with, as the trainer wrote it (the vocabulary size filled in)."""
+    from gpt.config import load_config
+
+    return load_config(m.run.dir / "config.yaml")
+
+
+def plot_through_depth(ax, runs: list[Measured], values: dict[str, list[float]], label: str):
+    """A per-layer value of each run against the layer's depth (0: the embedding), log scale."""
+    for index, m in enumerate(runs):
+        if m.name in values:
+            ax.plot(values[m.name], color=f"C{index % 10}", marker=".", label=m.name)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (0: the embedding)")
+    ax.set_ylabel(label)
+
+
+def plot_train_curves(ax, runs: list[Measured], x_axis: str = "step"):
+    """Each run's logged training loss against step (or training seconds)."""
+    for index, m in enumerate(runs):
+        records = m.run.train
+        xs = [r["step"] for r in records] if x_axis == "step" else training_seconds(m)
+        ax.plot(
+            xs, [r["loss"] for r in records],
+            color=f"C{index % 10}", linewidth=1.0, label=m.name,
+        )  # fmt: skip
+    ax.set_xlabel("step" if x_axis == "step" else "training seconds")
+    ax.set_ylabel("train loss (nats per token)")
+
+
+def training_seconds(m: Measured) -> list[float]:
+    """The training loop's seconds at each train record, from the records' tokens/s (the same
+    reckoning as gpt.report's wall time: evaluations and checkpoints excluded)."""
+    seconds, previous, elapsed = 0.0, 0, []
+    for record in m.run.train:
+        seconds += (
+            (m.run.tokens_per_step or 0) * (record["step"] - previous) / record["tokens_per_sec"]
+        )
+        previous = record["step"]
+        elapsed.append(seconds)
+    return elapsed
+
+
+# ----- 5. initialisation --------------------------------------------------------------------------
+
+
+@analysis("initialisation")
+def initialisation(runs: list[Measured]) -> list[AnalysisFigure]:
+    found = {m.name: step_zero_diagnostics(m) for m in runs}
+    figure, axes = new_figure(3, width=1.7)
+    activations = {name: [layer.activation_std for layer in d.layers] for name, d in found.items()}
+    gradients = {name: [layer.gradient_std for layer in d.layers] for name, d in found.items()}
+    plot_through_depth(axes[0], runs, activations, "activation std at step 0")
+    plot_through_depth(axes[1], runs, gradients, "gradient std at step 0")
+    plot_train_curves(axes[2], runs)
+    axes[0].set_title("Forward: each layer's output")
+    axes[1].set_title("Backward: d loss / d output")
+    axes[2].set_title("Training loss")
+    axes[2].legend(fontsize="x-small")
+    return [
+        AnalysisFigure(
+            "initialisation.png",
+            "Activations and gradients through depth at step 0, and the loss curves",
+            "Left: the standard deviation of each layer's output on the first batch, before any "
+            "training (layer 0: the embedding); middle: that of the gradient of the loss with "
+            "respect to it, on the way back. An initialisation that keeps the signal's variance "
+            "draws flat lines; one too small makes both shrink geometrically with depth, one too "
+            "large makes them grow. Right: each run's training loss (the logged batches').",
+            figure,
+        ),
+        AnalysisFigure(
+            "initialisation_histograms.png",
+            "The distribution of every layer's activations at step 0",
+            "One panel per run: the histogram of each layer's outputs on the first batch, the "
+            "lecture's plot. Each panel has its own horizontal scale: read its axis.",
+            histogram_figure(runs, found),
+        ),
+    ]
+
+
+def histogram_figure(runs: list[Measured], found: dict):
+    """A grid of panels, one per run, each with a histogram line per layer (densities)."""
+    from matplotlib.figure import Figure
+
+    columns = min(3, len(runs))
+    rows = -(-len(runs) // columns)
+    size = (FIGURE_SIZE[0] * 1.5, 2.1 * rows)
+    figure = Figure(figsize=size, dpi=DPI, layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).flatten()
+    for ax, m in zip(axes, runs, strict=False):
+        layers = found[m.name].layers[1:]
+        for depth, layer in enumerate(layers, 1):
+            counts, edges = layer.activation_histogram.counts, layer.activation_histogram.edges
+            centres = [(left + right) / 2 for left, right in zip(edges, edges[1:], strict=False)]
+            share = [count / sum(counts) for count in counts]
+            ax.plot(centres, share, color=f"C{depth % 10}", linewidth=0.8, label=f"layer {depth}")
+        ax.set_title(m.name, fontsize="small")
+        ax.tick_params(labelsize="x-small")
+    axes[0].legend(fontsize="xx-small")
+    for ax in axes[len(runs) :]:
+        ax.set_visible(False)
+    return figure
+
+
+# ----- 6. depth -----------------------------------------------------------------------------------
+
+
+@analysis("depth")
+def depth(runs: list[Measured]) -> list[AnalysisFigure]:
+    at_start = {m.name: step_zero_diagnostics(m) for m in runs}
+    at_end = {m.name: final_diagnostics(m) for m in runs}
+    figure, axes = new_figure(3, width=1.7)
+    plot_val_curves(axes[0], runs, x_axis="step")
+    axes[0].set_title("Validation loss")
+    for ax, found, when in ((axes[1], at_start, "at step 0"), (axes[2], at_end, "at the end")):
+        norms = {
+            name: [layer.parameter_grad_norm for layer in d.layers]
+            for name, d in found.items()
+            if d is not None
+        }
+        plot_through_depth(ax, runs, norms, "gradient norm of the layer's parameters")
+        ax.set_title(f"Gradient per layer, {when}")
+    return [
+        AnalysisFigure(
+            "depth.png",
+            "Trainability: the loss curves, and the gradient each layer gets",
+            "Left: validation loss. Middle and right: the norm of the gradient of each layer's "
+            "own parameters on the first batch (layer 0: the embedding tables, which in GPT are "
+            "also the output head), with the initial weights and with the last checkpoint's. "
+            "Where it falls by orders of magnitude towards the first layers, those layers no "
+            "longer learn: the vanishing gradient that residual connections and normalisation "
+            "are there to prevent.",
+            figure,
+        )
+    ]
+
+
+# ----- 7. optimiser -------------------------------------------------------------------------------
+
+
+def optimiser_name(m: Measured) -> str:
+    """``sgd``, ``sgd + momentum 0.9``, ``adam``, ``adamw`` or ``lbfgs``."""
+    train = m.config.train
+    return f"sgd + momentum {train.momentum:g}" if train.momentum else train.optimizer
+
+
+def diverged(m: Measured) -> bool:
+    """A run that ended before its last step without stopping early or being interrupted: the
+    trainer stops a run whose loss or gradient is no longer finite."""
+    run = m.run
+    return (
+        run.last_step < m.config.train.max_iters and not run.stopped_early and not run.interrupted
+    )
+
+
+def seconds_at_evaluations(m: Measured) -> list[float]:
+    """The training seconds (:func:`training_seconds`) at each evaluation's step."""
+    at_step = dict(zip([r["step"] for r in m.run.train], training_seconds(m), strict=True))
+    at_step[0] = 0.0
+    return [at_step.get(r["step"], math.nan) for r in m.run.evals]
+
+
+@analysis("optimiser")
+def optimiser(runs: list[Measured]) -> list[AnalysisFigure]:
+    figure, axes = new_figure(3, width=1.7)
+    colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(map(optimiser_name, runs)))}
+    for m in runs:
+        style = dict(
+            color=colours[optimiser_name(m)], marker=".", linewidth=1.0, label=m.name,
+            linestyle="--" if m.config.train.lr_schedule == "constant" else "-",
+        )  # fmt: skip
+        steps = [r["step"] for r in m.run.evals]
+        seconds = seconds_at_evaluations(m)
+        train_losses = [r["train_loss"] for r in m.run.evals]
+        axes[0].plot(steps, train_losses, **style)
+        axes[1].plot(seconds, train_losses, **style)
+        axes[2].plot(seconds, [r["val_loss"] for r in m.run.evals], **style)
+    for ax, x_label, y_label, title in (
+        (axes[0], "step", "train loss", "Training loss by step"),
+        (axes[1], "training seconds", "train loss", "Training loss by time"),
+        (axes[2], "training seconds", "val loss", "Validation loss by time"),
+    ):
+        ax.set(xlabel=x_label, ylabel=f"{y_label} (nats per token)", title=title)
+    axes[0].legend(fontsize="xx-small", ncol=2)
+    return [
+        AnalysisFigure(
+            "optimiser.png",
+            "Each optimiser's training loss, by step and by time",
+            "The training loss (the evaluations' estimate over fixed windows of the training "
+            "set) of each optimiser at its tuned learning rate, with cosine decay (solid) and at "
+            "a constant rate (dashed), against step and against the training loop's seconds; "
+            "right, the validation loss. An L-BFGS step is a pass over the whole training set "
+            "plus its line search's passes, so compare it by time.",
+            figure,
+        )
+    ]
+
+
+@analysis("lr_search")
+def lr_search(runs: list[Measured]) -> list[AnalysisFigure]:
+    figure, axes = new_figure(2, width=1.3)
+    by_optimiser: dict[str, list[Measured]] = {}
+    for m in runs:
+        by_optimiser.setdefault(optimiser_name(m), []).append(m)
+    for index, (name, tried) in enumerate(by_optimiser.items()):
+        tried.sort(key=lambda m: m.config.train.learning_rate)
+        finished = [m for m in tried if not diverged(m)]
+        for ax, loss in ((axes[0], "final_train"), (axes[1], "final_val")):
+            ax.plot(
+                [m.config.train.learning_rate for m in finished],
+                [getattr(m, loss) for m in finished],
+                color=f"C{index}", marker="o", label=name,
+            )  # fmt: skip
+            for m in tried:
+                if diverged(m):
+                    ax.axvline(m.config.train.learning_rate, color=f"C{index}", linestyle=":")
+    for ax, label in ((axes[0], "final train loss"), (axes[1], "final val loss")):
+        ax.set(xscale="log", xlabel="learning rate", ylabel=f"{label} (nats per token)")
+    axes[0].set_title("The learning rate search")
+    axes[0].legend(fontsize="x-small")
+    return [
+        AnalysisFigure(
+            "lr_search.png",
+            "Final loss against the learning rate, per optimiser",
+            "Each optimiser at a few constant learning rates, a factor of about 3 apart. A dotted "
+            "line marks a rate at which training diverged (the trainer stopped it at a "
+            "non-finite loss or gradient). The tuned rate is the one of the lowest final train "
+            "loss, the quantity an optimiser minimises.",
             figure,
         )
     ]

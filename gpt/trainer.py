@@ -400,7 +400,9 @@ class Trainer:
         ``loss_and_gradients`` runs the windows through the model ``batch_size`` at a time and
         leaves the gradient of their mean loss in ``.grad``. L-BFGS calls it itself, at the start
         of the step and at every point its line search tries, with the same dropout masks each
-        time, so that it sees one function. Returns the loss and gradient norm at the start.
+        time, so that it sees one function. Returns the loss and gradient norm at the start. (So
+        L-BFGS has moved the weights before the trainer sees a non-finite loss; the run still stops
+        there, and weights that are not finite are never saved.)
         """
         train = self.config.train
         max_norm = train.grad_clip if train.grad_clip > 0 else math.inf
