@@ -3,7 +3,7 @@
 ``model.arch: mlp``: :class:`MLPLanguageModel`, a fixed-window MLP (Bengio et al., 2003).
 ``model.arch: cnn``: :class:`CNNLanguageModel`, causal dilated convolutions (WaveNet-style).
 
-Both end like GPT, in a LayerNorm and an output head, so the same initialisation reasoning (see
+Both end like GPT, in a LayerNorm (``model.norm``) and an output head, so the same initialisation reasoning (see
 :mod:`gpt.lm`) gives an initial loss near ln(vocab) for all three. Their heads are not tied to the
 token embedding. Neither has position embeddings, so neither has a hard length limit: ``block_size``
 is only the context that generation keeps.
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt.config import ModelConfig
-from gpt.lm import LanguageModel
+from gpt.lm import LanguageModel, norm_layer
 
 DILATION_CYCLE = 8  # CNN dilations run 1, 2, 4, ..., 128, then start again at 1
 
@@ -45,7 +45,7 @@ class MLPLanguageModel(LanguageModel):
             ]
             fan_in = width
         self.hidden = nn.Sequential(*layers)
-        self.final_norm = nn.LayerNorm(width, bias=config.bias)
+        self.final_norm = norm_layer(config, width)
         self.lm_head = nn.Linear(width, config.vocab_size, bias=False)
         self.init_weights()
 
@@ -68,12 +68,14 @@ class CausalConvBlock(nn.Module):
     """x + dropout(W · GELU(conv(LayerNorm(x)))), the convolution padded on the left only.
 
     Left padding of (kernel_size - 1) · dilation makes the output at t depend on inputs t,
-    t - dilation, ..., t - (kernel_size - 1) · dilation and never on the future.
+    t - dilation, ..., t - (kernel_size - 1) · dilation and never on the future. ``model.norm``
+    swaps the LayerNorm for BatchNorm or nothing, and ``model.residual: false`` drops the ``x +``.
     """
 
     def __init__(self, config: ModelConfig, dilation: int):
         super().__init__()
-        self.norm = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.residual = config.residual
+        self.norm = norm_layer(config, config.n_embd)
         self.left_padding = (config.kernel_size - 1) * dilation
         self.conv = nn.Conv1d(
             config.n_embd, config.n_embd, config.kernel_size, dilation=dilation, bias=config.bias
@@ -84,7 +86,8 @@ class CausalConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x).transpose(1, 2)  # Conv1d wants (B, channels, T)
         h = self.conv(F.pad(h, (self.left_padding, 0))).transpose(1, 2)
-        return x + self.dropout(self.residual_proj(F.gelu(h, approximate="tanh")))
+        update = self.dropout(self.residual_proj(F.gelu(h, approximate="tanh")))
+        return x + update if self.residual else update
 
 
 class CNNLanguageModel(LanguageModel):
@@ -101,7 +104,7 @@ class CNNLanguageModel(LanguageModel):
         self.blocks = nn.Sequential(
             *(CausalConvBlock(config, 2 ** (i % DILATION_CYCLE)) for i in range(config.n_layer))
         )
-        self.final_norm = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.final_norm = norm_layer(config, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.init_weights()
 

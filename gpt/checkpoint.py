@@ -428,8 +428,10 @@ def _saved_model_config(path: Path) -> ModelConfig:
 
 
 def _shape(config: ModelConfig) -> dict:
-    """The settings that decide the parameter shapes (dropout, say, may change on resume)."""
+    """The settings that decide the parameters' shapes and what they compute (dropout, say, may
+    change on resume; a model without residual connections would not be the same function)."""
     fields = ("arch", "n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
+    fields += ("norm", "residual")
     fields += {"mlp": ("context",), "cnn": ("kernel_size",)}.get(config.arch, ())
     return {name: getattr(config, name) for name in fields}
 

@@ -38,6 +38,12 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     dir: str = Field("data/shakespeare_char", description="a folder written by data_prep")
+    train_fraction: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="train on the first this fraction of train.bin's tokens; val and test stay whole",
+    )
 
 
 class ModelConfig(Section):
@@ -53,7 +59,16 @@ class ModelConfig(Section):
     activation: Literal["gelu", "gelu_tanh"] = Field(
         "gelu", description="gelu (exact) | gelu_tanh (GPT-2's tanh approximation) (gpt)"
     )
-    init: Literal["xavier", "gpt2"] = Field("xavier", description="xavier | gpt2 (normal 0.02)")
+    init: Literal["xavier", "lecun", "gpt2"] = Field(
+        "xavier", description="xavier | lecun (Var 1/n_in) | gpt2 (normal 0.02)"
+    )
+    init_scale: float = Field(
+        1.0, gt=0.0, description="multiplies every initial weight's standard deviation"
+    )
+    residual: bool = Field(True, description="residual connections around blocks (gpt, cnn)")
+    norm: Literal["layer", "batch", "none"] = Field(
+        "layer", description="layer | batch (cnn only) | none: the normalisation layers"
+    )
     vocab_size: PositiveInt | None = Field(
         None, description="None: from the data's meta.json; larger values pad the vocabulary"
     )
@@ -65,6 +80,16 @@ class ModelConfig(Section):
         if self.arch == "gpt" and self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _batch_norm_only_in_the_cnn(self) -> ModelConfig:
+        if self.norm == "batch" and self.arch != "cnn":
+            raise ValueError(
+                f"model.norm=batch is for the CNN baseline only (model.arch={self.arch}): its "
+                "statistics over a batch mix the positions of a sequence, letting a position see "
+                "the ones after it; use model.norm=layer or none"
             )
         return self
 
@@ -99,9 +124,18 @@ class TrainConfig(Section):
     lr_schedule: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="decay shape"
     )
-    weight_decay: float = Field(0.1, ge=0.0, description="AdamW decoupled weight decay")
-    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1")
-    beta2: float = Field(0.99, ge=0.0, lt=1.0, description="AdamW beta2")
+    optimizer: Literal["adamw", "adam", "sgd", "lbfgs"] = Field(
+        "adamw", description="adamw | adam | sgd | lbfgs (see gpt/optim.py)"
+    )
+    weight_decay: float = Field(
+        0.1, ge=0.0, description="decoupled (adamw), or an L2 penalty in the gradient (adam, sgd)"
+    )
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="Adam(W) beta1")
+    beta2: float = Field(0.99, ge=0.0, lt=1.0, description="Adam(W) beta2")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum (0: plain SGD)")
+    full_batch: bool = Field(
+        False, description="every step on every window of the training split (lbfgs needs it)"
+    )
     grad_clip: float = Field(1.0, ge=0.0, description="max global gradient norm (0: off)")
     eval_interval: PositiveInt = Field(250, description="steps between evaluations")
     eval_iters: PositiveInt = Field(20, description="batches per split per evaluation")
@@ -148,6 +182,33 @@ class TrainConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _optimizer_settings_fit(self) -> TrainConfig:
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(
+                f"train.momentum is for train.optimizer=sgd (not {self.optimizer}, whose momentum "
+                "is train.beta1); remove it"
+            )
+        if self.full_batch and self.gradient_accumulation_steps > 1:
+            raise ValueError(
+                "train.full_batch=true takes every training window in each step, in chunks of "
+                "train.batch_size; set train.gradient_accumulation_steps=1"
+            )
+        if self.optimizer == "lbfgs":
+            needed = {
+                "train.full_batch=true": self.full_batch,
+                "train.weight_decay=0": self.weight_decay == 0,
+                "train.grad_clip=0": self.grad_clip == 0,
+                "train.mixed_precision=no or bf16": self.mixed_precision != "fp16",
+            }
+            missing = [setting for setting, present in needed.items() if not present]
+            if missing:
+                raise ValueError(
+                    "train.optimizer=lbfgs minimises one fixed function by line search, with "
+                    f"exact gradients; set {', '.join(missing)}"
+                )
+        return self
+
     @property
     def decay_iters(self) -> int:
         return self.lr_decay_iters or self.max_iters
@@ -181,9 +242,9 @@ class Config(Section):
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config, apply ``key=value`` overrides and validate everything once."""
-    raw: dict[str, Any] = {} if path is None else _read_yaml(Path(path))
+    raw: dict[str, Any] = {} if path is None else read_config_file(Path(path))
     for override in overrides:
-        _apply_override(raw, override)
+        apply_override(raw, override)
     return config_from_dict(raw)
 
 
@@ -195,7 +256,8 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         raise UserError(_describe(error)) from None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A config file as a plain nested dict, not yet validated."""
     if not path.is_file():
         raise UserError(
             f"config file {path} does not exist; pass a YAML file such as configs/*.yaml"
@@ -215,22 +277,33 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _apply_override(raw: dict[str, Any], override: str) -> None:
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``section.key=value`` in a raw config; the value is read as YAML (``true``, ``3e-4``)."""
     key, sep, text = override.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"override {override!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    set_key(raw, key, value, f"override {override!r}")
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any, source: str | None = None) -> None:
+    """Set the dotted ``key`` (``model.n_layer``) of a raw config to ``value``, making sections as
+    needed. ``source`` names where the setting comes from, in errors."""
+    source = source or f"key {key!r}"
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"{source} is not a dotted key such as section.key")
     *parents, leaf = key.split(".")
     node = raw
     for depth, part in enumerate(parents):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             prefix = ".".join(parents[: depth + 1])
-            raise UserError(f"override {override!r}: {prefix} is a value, not a section")
+            raise UserError(f"{source}: {prefix} is a value, not a section")
         node = child
-    try:
-        node[leaf] = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
-        node[leaf] = text
+    node[leaf] = value
 
 
 def _describe(error: ValidationError) -> str:

@@ -42,22 +42,21 @@ class RunFacts:
     start: str  # "fresh", "resumed from CHECKPOINT at step N", ...
     warmup_note: str | None
     wandb: str | None  # where the W&B run goes; None when W&B did not start
+    train_fraction: float = 1.0  # data.train_fraction
+    train_tokens: int | None = None  # the train tokens read, when only a fraction is
+    full_batch_windows: int | None = None  # train.full_batch: the training windows of every step
 
 
 def startup_block(facts: RunFacts) -> str:
     """The start-up block: one aligned ``label  value`` line per fact."""
-    tokens_per_step = facts.batch_size * facts.accumulation * facts.processes * facts.block_size
-    splits = ", ".join(f"{count:,} {split}" for split, count in facts.data_tokens.items())
+    splits = ", ".join(
+        _split_tokens(facts, split, count) for split, count in facts.data_tokens.items()
+    )
     rows = [
         ("device", f"{facts.device}, {_processes(facts.processes, facts.machines)}"),
         ("precision", _precision(facts.mixed_precision, facts.tf32)),
         ("model", f"{facts.arch}, {facts.parameters:,} parameters"),
-        (
-            "batch",
-            f"{tokens_per_step:,} tokens a step = batch {facts.batch_size} x accumulation "
-            f"{facts.accumulation} x {_plural(facts.processes, 'process')} x block "
-            f"{facts.block_size}",
-        ),
+        ("batch", _batch(facts)),
         ("data", f"{facts.data_dir}: {splits} tokens"),
         ("output", facts.out_dir),
         ("start", facts.start),
@@ -68,6 +67,27 @@ def startup_block(facts: RunFacts) -> str:
         rows.append(("W&B", facts.wandb))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def _batch(facts: RunFacts) -> str:
+    if facts.full_batch_windows is not None:
+        tokens_per_step = facts.full_batch_windows * facts.block_size
+        return (
+            f"{tokens_per_step:,} tokens a step = every one of {facts.full_batch_windows:,} "
+            f"training windows of block {facts.block_size} (full batch), {facts.batch_size} at a time"
+        )
+    tokens_per_step = facts.batch_size * facts.accumulation * facts.processes * facts.block_size
+    return (
+        f"{tokens_per_step:,} tokens a step = batch {facts.batch_size} x accumulation "
+        f"{facts.accumulation} x {_plural(facts.processes, 'process')} x block {facts.block_size}"
+    )
+
+
+def _split_tokens(facts: RunFacts, split: str, count: int) -> str:
+    """``892,324 train``, or ``17,846 of 892,324 train (data.train_fraction=0.02)``."""
+    if split != "train" or facts.train_fraction == 1.0 or facts.train_tokens is None:
+        return f"{count:,} {split}"
+    return f"{facts.train_tokens:,} of {count:,} train (data.train_fraction={facts.train_fraction})"
 
 
 def _processes(processes: int, machines: int) -> str:

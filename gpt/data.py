@@ -13,6 +13,7 @@ resumed run continues with exactly the batches it would have seen, with no sampl
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,21 +45,29 @@ class BatchSlice:
 
 
 class TokenStream:
-    """One split (``train`` or ``val``) as a read-only memory map of token ids."""
+    """One split (``train`` or ``val``) as a read-only memory map of token ids.
 
-    def __init__(self, path: Path, dtype: str, block_size: int):
+    A ``fraction`` below 1 keeps only the first that fraction of the file's tokens
+    (``data.train_fraction``): every window lies inside them, and the rest is never read.
+    """
+
+    def __init__(self, path: Path, dtype: str, block_size: int, fraction: float = 1.0):
         num_tokens, remainder = divmod(path.stat().st_size, np.dtype(dtype).itemsize)
         if remainder:
             raise UserError(
                 f"{path} is not a whole number of {dtype} token ids: it was cut short; "
                 "run data_prep again"
             )
-        if num_tokens <= block_size:
+        used = math.floor(num_tokens * fraction)
+        if used <= block_size:
+            held = f"{num_tokens} tokens"
+            if fraction < 1.0:
+                held = f"{used} tokens in the first data.train_fraction={fraction} of its {held}"
             raise UserError(
-                f"{path} holds {num_tokens} tokens, too few for windows of "
-                f"model.block_size={block_size}; use more data or a smaller block_size"
+                f"{path} holds {held}, too few for windows of model.block_size={block_size}; "
+                "use more data, a larger fraction or a smaller block_size"
             )
-        self.tokens = np.memmap(path, dtype=dtype, mode="r")
+        self.tokens = np.memmap(path, dtype=dtype, mode="r")[:used]
         self.block_size = block_size
 
     def batch(self, seed: int, key: int, part: BatchSlice) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,26 +79,46 @@ class TokenStream:
         windows = torch.from_numpy(windows.astype(np.int64))
         return windows[:, :-1], windows[:, 1:]
 
+    def every_window(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of the stream cut into consecutive windows from its start, each token
+        a target once (the last tokens, too few to fill a window, are left out)."""
+        count = (len(self.tokens) - 1) // self.block_size
+        tokens = torch.from_numpy(self.tokens[: count * self.block_size + 1].astype(np.int64))
+        return tokens[:-1].view(count, -1), tokens[1:].view(count, -1)
+
     def _window_starts(self, seed: int, key: int, count: int) -> np.ndarray:
         rng = np.random.default_rng([seed, key])
         return rng.integers(0, len(self.tokens) - self.block_size, size=count)
 
 
 class TokenData:
-    """A data_prep folder: its metadata, tokenizer path and the two token streams."""
+    """A data_prep folder: its metadata, tokenizer path and the two token streams, the training
+    stream cut to its first ``train_fraction``."""
 
-    def __init__(self, directory: str | Path, block_size: int):
+    def __init__(self, directory: str | Path, block_size: int, train_fraction: float = 1.0):
         self.dir = Path(directory)
         self.meta = read_meta(self.dir)
         self.vocab_size: int = self.meta["vocab_size"]
         self.tokenizer_path = self.dir / "tokenizer.json"
+        fractions = {"train": train_fraction, "val": 1.0}
         self.splits = {
-            split: TokenStream(self.dir / f"{split}.bin", self.meta["dtype"], block_size)
+            split: TokenStream(
+                self.dir / f"{split}.bin", self.meta["dtype"], block_size, fractions[split]
+            )
             for split in SPLITS
         }
 
+    @property
+    def train_tokens(self) -> int:
+        """The tokens of train.bin that training reads."""
+        return len(self.splits["train"].tokens)
+
     def train_batch(self, seed: int, step: int, part: BatchSlice):
         return self.splits["train"].batch(seed, step, part)
+
+    def every_train_window(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole training split, as ``train.full_batch`` trains on it every step."""
+        return self.splits["train"].every_window()
 
     def eval_batch(self, split: str, seed: int, index: int, part: BatchSlice):
         """The ``index``-th evaluation batch: the same windows at every evaluation."""

@@ -60,6 +60,13 @@ def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False) 
             f"{checkpoint} holds a model.arch={model.config.arch} baseline; only GPT models map "
             "onto GPT-2 (the MLP and CNN baselines have no counterpart in transformers)"
         )
+    config = model.config
+    if config.norm != "layer" or not config.residual:
+        raise UserError(
+            f"{checkpoint} holds a GPT with model.norm={config.norm} and model.residual="
+            f"{str(config.residual).lower()}; GPT-2 always has LayerNorms and residual "
+            "connections, so only a GPT with model.norm=layer and model.residual=true maps onto it"
+        )
     with staging_folder(out) as staging:
         save_gpt2(model, tokenizer, staging)
         check_destination(out, overwrite)  # again: something may have appeared meanwhile

@@ -26,7 +26,8 @@ with two details: GPT-2's ``Conv1D`` layers store their weight as (in, out), the
 ``model.bias: false`` is written with zero biases, which computes exactly the same function.
 
 Training from a folder (``train.init_from``): the weights fix ``arch``, ``n_layer``, ``n_head``,
-``n_embd``, ``vocab_size``, ``bias`` and ``activation``, which come from ``config.json``;
+``n_embd``, ``vocab_size``, ``bias`` and ``activation``, which come from ``config.json``, and
+``norm: layer`` and ``residual: true``, which GPT-2 always has;
 ``block_size`` is ``n_positions`` unless the config asks for less (the position table is then
 cropped). A model key that the config sets (in its YAML file or as a ``key=value`` override, which
 is what pydantic's ``model_fields_set`` records) to a value the weights contradict is an error, never
@@ -121,6 +122,8 @@ class GPT2Folder:
             "n_embd": hf_config["n_embd"],
             "vocab_size": hf_config["vocab_size"],
             "bias": True,
+            "norm": "layer",
+            "residual": True,
             "activation": _ACTIVATION_FROM_HF[hf_config.get("activation_function", "gelu_new")],
         }
         return cls(path, fixed, hf_config["n_positions"])

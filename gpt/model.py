@@ -8,7 +8,9 @@ The model, for a batch of token ids ``idx`` of shape (B, T)::
         x = x + dropout(W2 · GELU(W1 · LayerNorm(x)))                   #   4x wide MLP
     logits = LayerNorm(x) · token_embedding^T                           # (B, T, vocab)
 
-The output head shares its matrix with the token embedding (weight tying, Press & Wolf, 2017).
+``model.residual: false`` drops the ``x +`` of both lines, and ``model.norm: none`` the LayerNorms,
+for the depth lesson (configs/experiments/depth.yaml). The output head shares its matrix with the
+token embedding (weight tying, Press & Wolf, 2017).
 Attention runs through ``F.scaled_dot_product_attention``, which picks a fused or flash kernel
 where one is available. GELU is by default the exact one, x·Φ(x), rather than GPT-2's tanh
 approximation: the two differ by less than 1e-3 and a model trained from scratch does not care, but
@@ -25,7 +27,7 @@ from torch import nn
 
 from gpt.baselines import CNNLanguageModel, MLPLanguageModel
 from gpt.config import ModelConfig
-from gpt.lm import LanguageModel
+from gpt.lm import LanguageModel, norm_layer
 
 
 class KVCache:
@@ -119,16 +121,21 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.attention_norm = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.residual = config.residual
+        self.attention_norm = norm_layer(config, config.n_embd)
         self.attention = CausalSelfAttention(config)
-        self.feed_forward_norm = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.feed_forward_norm = norm_layer(config, config.n_embd)
         self.feed_forward = FeedForward(config)
 
     def forward(
         self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
     ) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cache, layer)
-        return x + self.feed_forward(self.feed_forward_norm(x))
+        x = self._add(x, self.attention(self.attention_norm(x), cache, layer))
+        return self._add(x, self.feed_forward(self.feed_forward_norm(x)))
+
+    def _add(self, x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        """x + update along the residual path; without one (``model.residual: false``), update."""
+        return x + update if self.residual else update
 
 
 class GPT(LanguageModel):
@@ -138,7 +145,7 @@ class GPT(LanguageModel):
         self.position_embedding = nn.Embedding(config.block_size, config.n_embd)
         self.embedding_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.final_norm = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.final_norm = norm_layer(config, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.token_embedding.weight  # weight tying
         self.init_weights()

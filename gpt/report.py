@@ -436,7 +436,7 @@ def summary_table(runs: list[Run]) -> list[str]:
                 _steps(run),
                 _integer(run.parameters),
                 _integer(run.tokens_seen),
-                _duration(run.wall_seconds),
+                duration_text(run.wall_seconds),
                 f"{best['val_loss']:.4f} ({best['step']})" if best else "-",
                 f"{last['train_loss']:.4f}" if last else "-",
                 f"{last['val_loss']:.4f}" if last else "-",
@@ -463,7 +463,7 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _duration(seconds: float | None) -> str:
+def duration_text(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     minutes, rest = divmod(round(seconds), 60)

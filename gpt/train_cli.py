@@ -41,3 +41,7 @@ def _main(argv: list[str]) -> int:
 
 def main() -> None:
     sys.exit(run_cli(_main))
+
+
+if __name__ == "__main__":  # python -m gpt.train_cli, as gpt.sweep starts each run
+    main()

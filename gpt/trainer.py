@@ -8,10 +8,11 @@ owns what a step means:
   and so do the dropout masks: the global RNG is seeded from the same key before every micro-step.
   So the split of the global batch over processes and micro-steps changes the result only where
   it changes the micro-batches, and a resumed run repeats exactly what an uninterrupted one does;
-* AdamW on the model's two parameter groups, the global gradient norm clipped, and the learning
-  rate a pure function of the step (warmup, then cosine, linear or constant decay), set before every
-  step: the schedule has no state of its own to save, and a resumed run follows the config it is
-  given;
+* the optimizer of ``train.optimizer`` (:mod:`gpt.optim`: AdamW by default), the global gradient
+  norm clipped, and the learning rate a pure function of the step (warmup, then cosine, linear or
+  constant decay), set before every step: the schedule has no state of its own to save, and a
+  resumed run follows the config it is given. With ``train.full_batch`` a step is on every window
+  of the training split instead, as L-BFGS needs;
 * every ``eval_interval`` steps the mean train and val loss over fixed held-out windows; the best-val
   weights are kept as ``model.safetensors`` and ``early_stopping_patience`` evaluations without a new
   best end the run;
@@ -63,6 +64,7 @@ from gpt.errors import UserError
 from gpt.files import write_text
 from gpt.gpt2 import load_gpt2, pretrained_model_config
 from gpt.model import build_model
+from gpt.optim import build_optimizer
 from gpt.report import report_finished_run
 from gpt.resume import resume
 from gpt.throughput import peak_flops, tf32_enabled, use_tf32
@@ -171,7 +173,7 @@ class Trainer:
         model_config = config.model
         if train.init_from is not None:  # the pretrained weights fix the shape (gpt/gpt2.py)
             model_config = pretrained_model_config(config.model, train.init_from, config.data.dir)
-        self.data = TokenData(config.data.dir, model_config.block_size)
+        self.data = TokenData(config.data.dir, model_config.block_size, config.data.train_fraction)
         self.model_config = model_config.model_copy(
             update={"vocab_size": self._vocab_size(model_config.vocab_size)}
         )
@@ -190,6 +192,13 @@ class Trainer:
             ],
         )
         self.device = self.accelerator.device
+        if train.full_batch and self.accelerator.num_processes > 1:
+            raise UserError(
+                f"train.full_batch=true (which train.optimizer=lbfgs needs) trains in one process, "
+                f"not {self.accelerator.num_processes}; run train.py without accelerate launch"
+            )
+        # train.full_batch: the whole training split as consecutive windows, every step
+        self.every_window = self.data.every_train_window() if train.full_batch else None
         self.console = Console(self.accelerator.is_main_process)
         use_tf32(train.tf32)
         self.peak_flops = peak_flops(self.device, train.mixed_precision)
@@ -200,12 +209,7 @@ class Trainer:
             model = load_gpt2(train.init_from, self.model_config)
         self.flops_per_token = model.flops_per_token()
         self.num_params = model.num_params()
-        optimizer = torch.optim.AdamW(
-            model.optimizer_groups(train.weight_decay),
-            lr=train.learning_rate,
-            betas=(train.beta1, train.beta2),
-            fused=self.device.type in ("cuda", "cpu"),
-        )
+        optimizer = build_optimizer(model, train, self.device)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         # Compile the prepared module, so saved state keeps the plain parameter names.
         self.forward = torch.compile(self.model) if train.compile else self.model
@@ -336,22 +340,44 @@ class Trainer:
 
     def _tokens_per_step(self) -> int:
         train = self.config.train
+        if self.every_window is not None:
+            return self.every_window[0].numel()
         processes = self.accelerator.num_processes
         sequences = train.batch_size * train.gradient_accumulation_steps * processes
         return sequences * self.model_config.block_size
 
     def _train_step(self, step: int) -> tuple[float, float, bool]:
-        """One optimizer step over ``gradient_accumulation_steps`` micro-batches.
+        """One optimizer step, on a global batch or (``train.full_batch``) the whole training set.
 
-        Returns the loss averaged over the global batch, the gradient norm before clipping, and
-        whether any process was asked to stop (so all processes agree to stop at the same step).
+        Returns the loss averaged over the batch, the gradient norm before clipping, and whether
+        any process was asked to stop (so all processes agree to stop at the same step).
         A non-finite gradient norm (the same on every process) skips the update.
         """
         train = self.config.train
-        accelerator = self.accelerator
-        max_norm = train.grad_clip if train.grad_clip > 0 else math.inf
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(step, train)
+        if train.full_batch:
+            loss, grad_norm = self._full_batch_step(step)
+        else:
+            loss, grad_norm = self._global_batch_step(step)
+        summary = torch.stack(
+            [
+                loss,
+                torch.as_tensor(grad_norm, dtype=torch.float32, device=self.device),
+                torch.tensor(float(self._stop_signal is not None), device=self.device),
+            ]
+        )
+        if self.accelerator.num_processes > 1:
+            summary = self.accelerator.reduce(summary, reduction="mean")
+        loss_value, grad_norm_value, stop = summary.tolist()
+        return loss_value, grad_norm_value, stop > 0
+
+    def _global_batch_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step over ``gradient_accumulation_steps`` micro-batches of this process's share of the
+        global batch; returns this process's mean loss and the (global) gradient norm."""
+        train = self.config.train
+        accelerator = self.accelerator
+        max_norm = train.grad_clip if train.grad_clip > 0 else math.inf
         loss_sum = torch.zeros((), device=self.device)
         grad_norm = torch.zeros((), device=self.device)
         for micro_step in range(train.gradient_accumulation_steps):
@@ -367,17 +393,46 @@ class Trainer:
                         self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
-        summary = torch.stack(
-            [
-                loss_sum / train.gradient_accumulation_steps,
-                torch.as_tensor(grad_norm, dtype=torch.float32, device=self.device),
-                torch.tensor(float(self._stop_signal is not None), device=self.device),
-            ]
-        )
-        if accelerator.num_processes > 1:
-            summary = accelerator.reduce(summary, reduction="mean")
-        loss_value, grad_norm_value, stop = summary.tolist()
-        return loss_value, grad_norm_value, stop > 0
+        return loss_sum / train.gradient_accumulation_steps, grad_norm
+
+    def _full_batch_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step on every training window (``train.full_batch``): gradient descent proper.
+
+        ``loss_and_gradients`` runs the windows through the model ``batch_size`` at a time and
+        leaves the gradient of their mean loss in ``.grad``. L-BFGS calls it itself, at the start
+        of the step and at every point its line search tries, with the same dropout masks each
+        time, so that it sees one function. Returns the loss and gradient norm at the start. (So
+        L-BFGS has moved the weights before the trainer sees a non-finite loss; the run still stops
+        there, and weights that are not finite are never saved.)
+        """
+        train = self.config.train
+        max_norm = train.grad_clip if train.grad_clip > 0 else math.inf
+        inputs, targets = self.every_window
+        evaluations = []
+
+        def loss_and_gradients() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=self.device)
+            for start in range(0, len(inputs), train.batch_size):
+                end = start + train.batch_size
+                chunk = self._to_device((inputs[start:end], targets[start:end]))
+                torch.manual_seed(micro_batch_seed(train.seed, step, start))  # dropout masks
+                _, loss = self.forward(*chunk)
+                share = len(chunk[0]) / len(inputs)
+                self.accelerator.backward(loss * share)
+                total += loss.detach() * share
+            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+            evaluations.append((total, grad_norm))
+            return total
+
+        if train.optimizer == "lbfgs":
+            self.optimizer.step(loss_and_gradients)
+        else:
+            loss_and_gradients()
+            if self._scaler_skips_overflows or torch.isfinite(evaluations[0][1]):
+                self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return evaluations[0]
 
     @property
     def _scaler_skips_overflows(self) -> bool:
@@ -519,8 +574,11 @@ class Trainer:
             batch_size=train.batch_size,
             accumulation=train.gradient_accumulation_steps,
             block_size=self.model_config.block_size,
+            full_batch_windows=None if self.every_window is None else len(self.every_window[0]),
             data_dir=str(self.data.dir),
             data_tokens=self.data.meta["tokens"],
+            train_fraction=self.config.data.train_fraction,
+            train_tokens=self.data.train_tokens,
             out_dir=str(self.out_dir),
             start=start,
             warmup_note=self._warmup_note,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data" / "tinyshakespeare.txt"
@@ -50,3 +51,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """For tests that train in this process: accelerate keeps one device and precision per
+    process, so forget this test's CPU run, and a later test here may train on a GPU or in fp16."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

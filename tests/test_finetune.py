@@ -322,6 +322,20 @@ def test_the_baselines_are_not_exported(capsys, shakespeare_char, tmp_path):
     assert not (tmp_path / "hf").exists()
 
 
+@pytest.mark.parametrize("settings", [dict(residual=False), dict(norm="none")])
+def test_a_gpt_without_residuals_or_layer_norms_is_not_exported(
+    capsys, shakespeare_char, tmp_path, settings
+):
+    run = tmp_path / "gpt"
+    run.mkdir()
+    config = ModelConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=65, **settings)
+    save_model(run / "model.safetensors", build_model(config))
+    shutil.copy(shakespeare_char / "tokenizer.json", run / "tokenizer.json")
+    outcome = export(capsys, str(run), "--to", "hf", str(tmp_path / "hf"))
+    assert_one_line_export_error(outcome, "GPT-2 always has LayerNorms and residual connections")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_export_refuses_to_replace_anything_but_an_earlier_export(capsys, source_run, tmp_path):
     target = tmp_path / "hf"
     args = [str(source_run), "--to", "hf", str(target)]

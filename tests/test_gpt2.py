@@ -16,9 +16,10 @@ from safetensors.torch import load_file, save_file
 
 from gpt.checkpoint import save_model
 from gpt.config import ModelConfig
+from gpt.errors import UserError
 from gpt.export import export_hf
 from gpt.generate import SamplingSettings, generate, generate_text
-from gpt.gpt2 import load_gpt2
+from gpt.gpt2 import GPT2Folder, load_gpt2
 from gpt.model import GPT
 from gpt.tokenizer import END_OF_TEXT, Tokenizer, train_bpe_tokenizer, train_char_tokenizer
 
@@ -122,6 +123,15 @@ def test_a_smaller_block_size_crops_the_position_table(hf_folder):
     ids = random_ids(2, 16, VOCAB)
     expected = hf_logits(hf_model(hf_folder), ids)
     torch.testing.assert_close(our_logits(model, ids), expected, atol=TOLERANCE, rtol=0)
+
+
+def test_gpt2_weights_refuse_a_config_without_layer_norms_or_residuals(hf_folder):
+    folder = GPT2Folder.read(hf_folder)
+    assert folder.model_config(ModelConfig()).norm == "layer"
+    with pytest.raises(UserError, match=r"model.norm=none \(the weights have layer\)"):
+        folder.model_config(ModelConfig(norm="none"))
+    with pytest.raises(UserError, match=r"model.residual=false \(the weights have true\)"):
+        folder.model_config(ModelConfig(residual=False))
 
 
 def test_the_weights_load_however_the_folder_stores_them(tmp_path, hf_folder):

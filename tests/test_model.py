@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from gpt.baselines import CNNLanguageModel, MLPLanguageModel
 from gpt.checkpoint import load_model, save_model
 from gpt.config import ModelConfig
-from gpt.lm import GPT2_STD, LOGIT_STD, LanguageModel
+from gpt.lm import GPT2_STD, LOGIT_STD, LanguageModel, TokenBatchNorm
 from gpt.model import GPT, build_model
 
 ARCHS = ["gpt", "mlp", "cnn"]
@@ -87,7 +87,7 @@ def test_changing_a_token_never_changes_earlier_logits(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("init", ["xavier", "gpt2"])
+@pytest.mark.parametrize("init", ["xavier", "lecun", "gpt2"])
 @pytest.mark.parametrize(("vocab", "n_embd"), [(65, 32), (65, 256), (1000, 64)])
 def test_initial_loss_is_near_ln_vocab(arch, init, vocab, n_embd):
     model = make_model(arch, init=init, vocab_size=vocab, n_embd=n_embd)
@@ -146,6 +146,82 @@ def test_gpt2_init_is_normal_002_with_scaled_residual_projections(arch):
         std = GPT2_STD / math.sqrt(len(residual)) if name.endswith("residual_proj") else GPT2_STD
         _assert_variance(name, weight, std**2)
     assert len(residual) == {"gpt": 4, "mlp": 0, "cnn": 2}[arch]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lecun_weights_have_variance_one_over_fan_in(arch):
+    model = make_model(arch, init="lecun", n_embd=64, bias=True)
+    for name, weight in _matrices(model):
+        _assert_variance(name, weight, 1 / weight[0].numel())  # weight[0]: one output's inputs
+    head = model.lm_head.weight  # the head starts near the uniform distribution, as with xavier
+    _assert_variance("lm_head", head, LOGIT_STD**2 / head.size(1))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("init", ["xavier", "lecun", "gpt2"])
+def test_init_scale_multiplies_every_initial_weight(arch, init):
+    """The same draws, times the scale: embeddings, matrices and head; biases and gains stay."""
+    base = make_model(arch, init=init, norm="layer", bias=True).state_dict()
+    scaled = make_model(arch, init=init, norm="layer", bias=True, init_scale=3.0).state_dict()
+    for name, tensor in base.items():
+        norm_or_bias = "norm" in name or name.endswith("bias")
+        expected = tensor if norm_or_bias else 3.0 * tensor
+        torch.testing.assert_close(scaled[name], expected, rtol=1e-6, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "cnn"])
+@pytest.mark.parametrize("residual", [True, False])
+def test_without_residual_connections_a_block_has_no_skip_path(arch, residual):
+    """With every sublayer's output projection at zero, a block's sublayers add nothing: a block
+    with the skip path passes x through, one without it outputs zero."""
+    model = make_model(arch, residual=residual, bias=False)
+    for name, parameter in model.named_parameters():
+        if "residual_proj" in name:
+            parameter.data.zero_()
+    x = torch.randn(2, 8, 32)
+    for block in model.blocks:
+        expected = x if residual else torch.zeros_like(x)
+        torch.testing.assert_close(block(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_norm_none_removes_every_normalisation_layer(arch):
+    def norms(model):
+        return [m for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d))]
+
+    per_block = {"gpt": 2, "mlp": 0, "cnn": 1}[arch]
+    assert len(norms(make_model(arch))) == 2 * per_block + 1  # and the final one
+    without = make_model(arch, norm="none")
+    assert norms(without) == []
+    assert without.num_params() < make_model(arch).num_params()
+    tokens = random_tokens(2, BLOCK)
+    assert torch.isfinite(without(tokens, tokens)[1])
+
+
+def test_batch_norm_normalises_each_channel_over_batch_and_time():
+    model = make_model("cnn", norm="batch")
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert len(norms) == 3 and all(isinstance(m, TokenBatchNorm) for m in norms)
+    norm = norms[0]
+    x = 3.0 + 2.0 * torch.randn(4, 16, 32)
+    y = norm(x)  # training mode: this batch's statistics over (batch, time), per channel
+    assert y.shape == x.shape
+    torch.testing.assert_close(y.mean(dim=(0, 1)), torch.zeros(32), rtol=0, atol=1e-5)
+    torch.testing.assert_close(y.var(dim=(0, 1), unbiased=False), torch.ones(32), rtol=0, atol=1e-3)
+    norm.eval()  # evaluation: the running averages, one update of momentum 0.1 from (0, 1)
+    expected = (x - 0.1 * x.mean(dim=(0, 1))) / (0.9 + 0.1 * x.var(dim=(0, 1)) + norm.eps).sqrt()
+    torch.testing.assert_close(norm(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_running_statistics_survive_saving_and_loading(tmp_path):
+    model = make_model("cnn", norm="batch")
+    model(random_tokens(4, BLOCK))  # a training-mode pass moves the running statistics
+    path = tmp_path / "model.safetensors"
+    save_model(path, model)
+    loaded = load_model(path).eval()
+    assert loaded.config.norm == "batch"
+    tokens = random_tokens(2, BLOCK)
+    torch.testing.assert_close(loaded(tokens)[0], model.eval()(tokens)[0], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -73,6 +73,12 @@ def test_the_startup_block_says_how_many_processes_and_how_the_step_splits():
         "983,040 tokens a step = batch 12 x accumulation 5 x 16 processes x block 1024"
     )
     assert gpus["data"].endswith(": 9 train, 2 val, 1 test tokens")
+
+    full_batch = rows(startup_block(facts(full_batch_windows=149, batch_size=64, block_size=32)))
+    assert full_batch["batch"] == (
+        "4,768 tokens a step = every one of 149 training windows of block 32 (full batch), "
+        "64 at a time"
+    )
     assert (gpus["warmup"], gpus["W&B"]) == ("shortened", "offline run")
 
 
