@@ -8,10 +8,13 @@
   trainer's mode) do not apply here. The start-up block says instead where the run goes and how to
   stream or upload it (:meth:`Tracking.where`).
 * W&B never stops training: a tracker that fails to start or to log is dropped, with one line.
+  Without a network W&B would retry its start for 90 s, its default; it gets INIT_TIMEOUT_SECONDS
+  unless W&B's own ``WANDB_INIT_TIMEOUT`` says otherwise.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +22,8 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from gpt.config import WandbConfig
+
+INIT_TIMEOUT_SECONDS = 15.0
 
 
 def new_run_id() -> str:
@@ -46,20 +51,27 @@ class Tracking:
         """Start the W&B run ``run_id``, or continue it if it exists (a resumed training run)."""
         if self.mode == "disabled":
             return
+        settings: dict = {"silent": True}
+        if "WANDB_INIT_TIMEOUT" not in os.environ:
+            settings["init_timeout"] = INIT_TIMEOUT_SECONDS
         init = {
             "id": run_id,
             "resume": "allow",
             "mode": self.mode,
             "dir": str(self.out_dir),
             "name": self.config.run_name or self.out_dir.name,
-            "settings": {"silent": True},
+            "settings": settings,
         }
         try:
+            import wandb
+
+            # silent from the start: the run's settings come too late for the login notice
+            wandb.setup(settings=wandb.Settings(silent=True))
             self.accelerator.init_trackers(
                 self.config.project, config=run_config, init_kwargs={"wandb": init}
             )
         except Exception as error:  # W&B raises many kinds; none of them may end a training run
-            self._drop(f"W&B could not start ({error}); training goes on without it")
+            self._drop(f"W&B could not start ({one_line(error)}); training goes on without it")
             return
         self.started = True
 
@@ -82,9 +94,14 @@ class Tracking:
         try:
             self.accelerator.log(values, step=step)
         except Exception as error:  # as in start
-            self._drop(f"W&B logging failed ({error}); training goes on without it")
+            self._drop(f"W&B logging failed ({one_line(error)}); training goes on without it")
 
     def _drop(self, message: str) -> None:
         self.say(message)
         self.accelerator.trackers = []
         self.started = False
+
+
+def one_line(error: Exception) -> str:
+    """W&B's messages span lines (the reason comes after "while retrying:"): all of it, in one."""
+    return " ".join(str(error).split()) or type(error).__name__

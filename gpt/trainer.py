@@ -235,6 +235,21 @@ class Trainer:
     def run(self) -> TrainResult:
         previous_handlers = self._catch_stop_signals()
         try:
+            self._train()
+            return self._finish()  # the report takes seconds: a second Ctrl-C may come here too
+        except KeyboardInterrupt:
+            self.console.close_progress()
+            self.console.print(
+                f"stopped at once by a second interrupt at step {self.state.step}; "
+                f"{self._newest_checkpoint()}: run the same command again to resume from it"
+            )
+            raise
+        finally:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+
+    def _train(self) -> None:
+        try:
             self._start()
             if self.state.step == 0:
                 self._evaluate()
@@ -246,18 +261,8 @@ class Trainer:
             if not self._lost_contact(error):
                 raise
             raise self._lost_contact_error(error) from None
-        except KeyboardInterrupt:
-            self.console.close_progress()
-            self.console.print(
-                f"stopped at once by a second interrupt at step {self.state.step}; "
-                f"{self._newest_checkpoint()}: run the same command again to resume from it"
-            )
-            raise
         finally:
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
             self.accelerator.end_training()
-        return self._finish()
 
     def _finish(self) -> TrainResult:
         """Write the report, and say how the run ended: finished, stopped early, or interrupted."""

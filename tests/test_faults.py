@@ -131,6 +131,30 @@ def test_a_second_ctrl_c_stops_at_once_and_the_newest_complete_checkpoint_resume
     assert not list((out / "checkpoints").glob(".step_*"))  # cleaned up at the start
 
 
+def test_a_second_ctrl_c_while_the_report_is_written_stops_at_once_and_says_so(
+    shakespeare_char, tmp_path
+):
+    """After the first Ctrl-C's checkpoint, the run writes its report (seconds of plotting): a
+    user who presses Ctrl-C again then is told what stopped, as during the checkpoint."""
+    out = tmp_path / "run"
+    command = train_args(shakespeare_char, out, *ENDLESS, "train.checkpoint_interval=10")
+    with started(command, out) as process:
+        wait_for(lambda: (out / "checkpoints" / "step_0000010").exists(), [process])
+        process.send_signal(signal.SIGINT)
+        wait_for(lambda: (out / "run.json").exists(), [process])  # the report's first file
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    stdout, stderr = output(out)
+    assert "Traceback" not in stderr
+    newest = newest_checkpoint(out)
+    step = int(newest.name.removeprefix("step_"))  # the first Ctrl-C's checkpoint
+    assert (
+        f"stopped at once by a second interrupt at step {step}; "
+        f"the newest complete checkpoint is {newest}" in stdout
+    )
+    assert find_damage(newest) is None
+
+
 def can_mount_a_small_disk(where: Path) -> bool:
     probe = subprocess.run(
         [

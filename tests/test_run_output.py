@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -267,6 +268,43 @@ def test_a_wandb_that_cannot_start_is_said_once_and_training_goes_on(shakespeare
     assert result.stdout.count("W&B could not start (") == 1
     assert "W&B        not started (see above); metrics.jsonl has every figure" in result.stdout
     assert result.stdout.splitlines()[-1].startswith("finished at step 10 of 10;")
+
+
+def test_wandb_online_without_a_network_is_one_line_and_does_not_hold_up_the_run(
+    shakespeare_char, tmp_path
+):
+    """An API key and W&B's server at a closed local port: W&B really tries the network. Its own
+    init timeout is 90 s; the trainer gives it 15 s, so the run is not held for minutes (the
+    subprocess timeout below guards against that, with room to spare on a busy machine)."""
+    out = tmp_path / "run"
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        closed_port = free.getsockname()[1]  # nothing listens there once it is released
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    no_network = {
+        **environment,
+        "HOME": str(tmp_path),
+        "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port}",
+        "WANDB_API_KEY": "0" * 40,
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            *train_args(shakespeare_char, out, "train.max_iters=10", "train.wandb.mode=online"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=no_network,
+        timeout=75,
+    )
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    (warning,) = [line for line in output.splitlines() if "W&B could not start" in line]
+    assert "connection refused" in warning and warning.endswith("; training goes on without it")
+    assert "wandb:" not in output  # W&B's own lines (its login notice) stay silent
+    assert result.stdout.splitlines()[-1].startswith("finished at step 10 of 10;")
+    assert [(r["kind"], r["step"]) for r in read_metrics(out)][-2:] == [("train", 10), ("eval", 10)]
 
 
 @pytest.fixture(scope="module")
