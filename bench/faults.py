@@ -83,6 +83,7 @@ from bench.fault_runs import (
 )
 from gpt.checkpoint import find_damage, list_checkpoints
 from gpt.cli import run_cli
+from tests.test_checkpoint import empty, garbage, plant_pickle, truncate  # the test's damages
 
 SLOW_SAVE = 0.3  # seconds added to each torch.save of an armed run (optimizer, RNG states)
 SPLIT_PAUSE = 0.2  # seconds between the halves of a metrics line in an armed run
@@ -229,32 +230,6 @@ def kills_table(result: dict) -> str:
 
 
 # ----- damaged checkpoint files ------------------------------------------------------------------
-
-
-class WritesAMarker:
-    """Unpickled, this creates a file: proof that loading ran code."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
-
-
-def truncate(path: Path, marker: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
-def empty(path: Path, marker: Path) -> None:
-    path.write_bytes(b"")
-
-
-def garbage(path: Path, marker: Path) -> None:
-    path.write_bytes(random.Random(path.name).randbytes(max(path.stat().st_size, 64)))
-
-
-def plant_pickle(path: Path, marker: Path) -> None:
-    torch.save(WritesAMarker(marker), path)
 
 
 def plant_pickle_with_its_manifest(path: Path, marker: Path) -> None:
