@@ -1,6 +1,7 @@
 """``python train.py CONFIG [key=value ...]``: train a model described by a YAML config."""
 
 import argparse
+import gc
 import sys
 
 from gpt.cli import ArgumentParser, run_cli
@@ -37,6 +38,12 @@ def _main(argv: list[str]) -> int:
         return train(config).exit_code  # 130 or 143 when a signal stopped it: not finished
     except KeyboardInterrupt:  # a second Ctrl-C, which stops at once (the trainer said so)
         return 130
+    finally:
+        # The model and its process group sit in reference cycles. Left to the interpreter's
+        # shutdown, gloo's threads were torn down after Python's own state and 1 two-process
+        # run in 10 ended in SIGABRT ("terminate called without an active exception") after
+        # finishing; freed here, while everything is alive, 0 in 70.
+        gc.collect()
 
 
 def main() -> None:

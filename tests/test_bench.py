@@ -93,3 +93,21 @@ def test_time_to_quality_follows_the_evaluations(quick_run):
     assert math.isfinite(result["final_val_loss"])
     assert result["final_val_loss"] == result["evaluations"][-1]["val_loss"]
     assert result["reached"] is None or result["reached"]["step"] in steps
+
+
+def test_the_fault_campaign_in_short_survives_every_fault(tmp_path, monkeypatch):
+    """``python -m bench.faults --quick`` on the faults the rest of the suite meets one by one:
+    real SIGKILLs at a random instant and during a checkpoint, damaged checkpoint files, a second
+    Ctrl-C; each run then again and compared bitwise with an uninterrupted one."""
+    from bench import faults
+
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    parts = ["kills-1", "damage-1", "ctrl-c"]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        faults.main(["--quick", *(word for part in parts for word in ("--only", part))])
+    result = json.loads((tmp_path / "quick" / "faults.json").read_text())
+    assert list(result["parts"]) == parts
+    for part, outcome in result["parts"].items():
+        assert outcome["total"] >= 1, part
+        assert outcome["survived"] == outcome["total"], (part, outcome["trials"])
+    assert "## Faults survived" in printed.getvalue()
