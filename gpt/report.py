@@ -212,10 +212,16 @@ def _colors(runs: list[Run]) -> dict[str, str]:
     return {run.name: f"C{index % 10}" for index, run in enumerate(runs)}
 
 
+# With more runs than this, a loss figure's legend names each run once (by its val line) and shows
+# the line styles apart; with every line named, its entries would crowd out the axes.
+DETAILED_LEGEND_RUNS = 3
+
+
 def loss_figure(runs: list[Run], x_axis: str = "step"):
     """Train and val loss against ``step`` or ``tokens``; the best val loss and early stops marked."""
     figure, (ax,) = _new_figure()
     colors = _colors(runs)
+    detailed = len(runs) <= DETAILED_LEGEND_RUNS
     for run in runs:
         scale = 1 if x_axis == "step" else run.tokens_per_step
         if scale is None:
@@ -223,37 +229,61 @@ def loss_figure(runs: list[Run], x_axis: str = "step"):
         color = colors[run.name]
         ax.plot(
             [r["step"] * scale for r in run.train], [r["loss"] for r in run.train],
-            color=color, alpha=0.35, linewidth=0.8, label=f"{run.name}: train batches",
+            color=color, alpha=0.35, linewidth=0.8,
+            label=_legend_label(f"{run.name}: train batches", detailed),
         )  # fmt: skip
         steps = [r["step"] * scale for r in run.evals]
         ax.plot(
             steps, [r["train_loss"] for r in run.evals],
-            color=color, linestyle="--", marker=".", label=f"{run.name}: train (evaluation)",
+            color=color, linestyle="--", marker=".",
+            label=_legend_label(f"{run.name}: train (evaluation)", detailed),
         )  # fmt: skip
         ax.plot(
             steps, [r["val_loss"] for r in run.evals],
-            color=color, marker="o", markersize=3, label=f"{run.name}: val",
+            color=color, marker="o", markersize=3,
+            label=f"{run.name}: val" if detailed else run.name,
         )  # fmt: skip
-        _mark_best_and_stop(ax, run, scale, color)
+        _mark_best_and_stop(ax, run, scale, color, detailed)
+    if not detailed:  # the line styles, once, in black
+        ax.plot([], [], color="black", alpha=0.35, linewidth=0.8, label="train batches")
+        ax.plot([], [], color="black", linestyle="--", marker=".", label="train (evaluation)")
+        ax.plot([], [], color="black", marker="o", markersize=3, label="val")
+        ax.plot([], [], color="black", marker="*", markersize=9, linestyle="none", label="best val")
     ax.set_xlabel("step" if x_axis == "step" else "tokens seen")
     ax.set_ylabel("loss (nats per token)")
     ax.set_title(f"Loss against {'step' if x_axis == 'step' else 'tokens seen'}")
-    ax.legend(fontsize="x-small")
+    _legend(ax)
     return figure
 
 
-def _mark_best_and_stop(ax, run: Run, scale: int, color: str) -> None:
+def _legend_label(text: str, shown: bool) -> str:
+    return text if shown else f"_{text}"  # matplotlib leaves labels starting with _ out of legends
+
+
+def _legend(ax) -> None:
+    """The axes' legend: inside for a few entries, beside the axes (in columns) for many."""
+    entries = len(ax.get_legend_handles_labels()[1])
+    if entries <= 8:
+        ax.legend(fontsize="x-small")
+    else:
+        columns = -(-entries // 16)
+        ax.legend(fontsize="xx-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=columns)
+
+
+def _mark_best_and_stop(ax, run: Run, scale: int, color: str, detailed: bool) -> None:
     best = run.best_eval
     if best is not None:
         ax.plot(
             [best["step"] * scale], [best["val_loss"]], marker="*", markersize=12, color=color,
             markeredgecolor="black", linestyle="none",
-            label=f"{run.name}: best val {best['val_loss']:.4f} (step {best['step']})",
+            label=_legend_label(
+                f"{run.name}: best val {best['val_loss']:.4f} (step {best['step']})", detailed
+            ),
         )  # fmt: skip
     if run.stopped_early:
         ax.axvline(
             run.last_step * scale, color=color, linestyle=":",
-            label=f"{run.name}: early stop (step {run.last_step})",
+            label=_legend_label(f"{run.name}: early stop (step {run.last_step})", detailed),
         )  # fmt: skip
 
 
@@ -261,6 +291,7 @@ def gap_figure(runs: list[Run]):
     """val - train loss at each evaluation, with the step where it starts to grow."""
     figure, (ax,) = _new_figure()
     colors = _colors(runs)
+    detailed = len(runs) <= DETAILED_LEGEND_RUNS
     ax.axhline(0.0, color="black", linewidth=0.8)
     for run in runs:
         color = colors[run.name]
@@ -270,12 +301,12 @@ def gap_figure(runs: list[Run]):
         if start is not None:
             ax.axvline(
                 start, color=color, linestyle="--",
-                label=f"{run.name}: grows from step {start}",
+                label=_legend_label(f"{run.name}: grows from step {start}", detailed),
             )  # fmt: skip
     ax.set_xlabel("step")
     ax.set_ylabel("val loss - train loss (nats)")
     ax.set_title("Generalisation gap")
-    ax.legend(fontsize="x-small")
+    _legend(ax)
     return figure
 
 
@@ -294,7 +325,7 @@ def series_figure(runs: list[Run], key: str, label: str, log_scale: bool = False
     ax.set_xlabel("step")
     ax.set_ylabel(label)
     ax.set_title(label[0].upper() + label[1:])
-    ax.legend(fontsize="x-small")
+    _legend(ax)
     return figure
 
 
@@ -311,7 +342,7 @@ def throughput_figure(runs: list[Run]):
     mfu_ax.set(xlabel="step", ylabel="MFU (%)", title="Model FLOPs utilisation")
     tokens_ax.set_ylim(bottom=0)
     mfu_ax.set_ylim(bottom=0)
-    tokens_ax.legend(fontsize="x-small")
+    _legend(tokens_ax)
     return figure
 
 

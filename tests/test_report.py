@@ -148,6 +148,19 @@ def test_figures_mark_the_best_val_loss_and_the_early_stop(tmp_path):
         assert list(best.get_xdata()) == [60 * scale] and list(best.get_ydata()) == [2.10]
 
 
+def test_a_report_of_many_runs_names_each_run_once_and_keeps_its_axes(tmp_path, recwarn):
+    """Sixteen runs: every line named would be 80 legend entries and no room left for the axes."""
+    runs = load_runs([synthetic_run(tmp_path / f"run{i:02d}") for i in range(16)])
+    (ax,) = loss_figure(runs, "step").axes
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == [run.name for run in runs] + [
+        "train batches", "train (evaluation)", "val", "best val"
+    ]  # fmt: skip
+    folders = [str(tmp_path / f"run{i:02d}") for i in range(16)]
+    assert run_cli(report_main, [*folders, "--out", str(tmp_path / "report")]) == 0
+    assert not [w for w in recwarn if "constrained_layout not applied" in str(w.message)]
+
+
 def test_several_runs_are_overlaid_and_runs_without_run_json_assume_one_process(
     tmp_path, monkeypatch
 ):
