@@ -3,6 +3,7 @@
     python -m bench.faults --trials 100        # the whole campaign (about 1.5 hours on 2 CPU cores)
     python -m bench.faults --quick             # a few trials of the single-process faults
     python -m bench.faults --only kills-1 --replay checkpoint:1234   # one kill trial again
+    python -m bench.faults --only peer-death   # measure one part again; the file keeps the others
 
 Every run is ``python train.py`` (or ``accelerate launch --multi_gpu --num_processes 2`` of it: two
 CPU processes over gloo) of a tiny GPT with dropout 0.1 for 200 steps, a checkpoint every 10,
@@ -59,6 +60,7 @@ from pathlib import Path
 import psutil
 import torch
 
+import bench
 from bench import ROOT, format_table, prepare_corpus, write_results
 from bench.fault_probe import PHASES
 from bench.fault_runs import (
@@ -603,10 +605,15 @@ def ctrl_c_trial(campaign: Campaign, reference: Reference, seed: int, slow: bool
     started.kill()
     stdout, stderr = started.output()
     ended_first = "interrupted at step" in stdout  # the run had ended before the second Ctrl-C
+    finished_first = "finished at step" in stdout  # the first came after the last step
     if ended_first and second_landed != "after the exit":
         second_landed = "the exit"
     problems = []
-    if ended_first:
+    if finished_first:  # nothing was left to stop: the run ends as finished, or stops at once
+        second_landed = "after the last step"
+        if code not in (0, 130):
+            problems.append(f"exit code {code}")
+    elif ended_first:
         if code not in (130, -signal.SIGINT):
             problems.append(f"exit code {code}")
     elif code != 130 or "stopped at once by a second interrupt" not in stdout:
@@ -781,6 +788,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
+    # A campaign started in the background (`... &` in a script) inherits SIGINT ignored, and so
+    # would every run it starts, where a second Ctrl-C then does nothing: the runs get the default.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     trials = 2 if args.quick else args.trials
     plan = Plan(
         trials=trials,
@@ -797,25 +807,37 @@ def main(argv: list[str]) -> None:
         work.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(work / "data", ignore_errors=True)  # of an earlier campaign in --work
         campaign = Campaign(work, prepare_corpus(work / "data"))
+        command = shlex.join(["python", "-m", "bench.faults", *argv])
+        date = datetime.now(timezone.utc).date().isoformat()
         results = {}
         for key in parts:
             print(f"\n## {PARTS[key].title}\n", flush=True)
-            results[key] = PARTS[key].run(campaign, plan)
+            results[key] = {"command": command, "date": date} | PARTS[key].run(campaign, plan)
             print("\n" + PARTS[key].table(results[key]), flush=True)
     print("\n## Faults survived\n\n" + summary_table(results))
     path = write_results(
         "faults",
         {
-            "command": shlex.join(["python", "-m", "bench.faults", *argv]),
-            "date": datetime.now(timezone.utc).date().isoformat(),
+            "command": command,
+            "date": date,
             "minutes": round((time.monotonic() - began) / 60, 1),
             "seed": args.seed,
             "run": RUN,
-            "parts": results,
+            "parts": earlier_parts(args) | results,
         },
         args.quick,
     )
     print(f"\nwrote {path}")
+
+
+def earlier_parts(args: argparse.Namespace) -> dict:
+    """With --only, the other parts of the results file as they were (each names its command)."""
+    path = bench.RESULTS_DIR / ("quick" if args.quick else "") / "faults.json"
+    if not args.only or args.replay or not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    made_by = {"command": earlier["command"], "date": earlier["date"]}
+    return {key: made_by | part for key, part in earlier["parts"].items()}
 
 
 def summary_table(results: dict) -> str:

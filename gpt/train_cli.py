@@ -2,6 +2,7 @@
 
 import argparse
 import gc
+import signal
 import sys
 
 from gpt.cli import ArgumentParser, run_cli
@@ -38,16 +39,20 @@ def _main(argv: list[str]) -> int:
         return train(config).exit_code  # 130 or 143 when a signal stopped it: not finished
     except KeyboardInterrupt:  # a second Ctrl-C, which stops at once (the trainer said so)
         return 130
-    finally:
-        # The model and its process group sit in reference cycles. Left to the interpreter's
-        # shutdown, gloo's threads were torn down after Python's own state and 1 two-process
-        # run in 10 ended in SIGABRT ("terminate called without an active exception") after
-        # finishing; freed here, while everything is alive, 0 in 70.
-        gc.collect()
 
 
 def main() -> None:
-    sys.exit(run_cli(_main))
+    exit_code = run_cli(_main)  # the run has ended and said how, an error included
+    # What is left is to exit. A stop signal now is ignored: when a worker dies, the launcher
+    # SIGTERMs the others, and one that has printed its line must not die before exit code 2.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    # The model and its process group sit in reference cycles. Left to the interpreter's
+    # shutdown, gloo's threads were torn down after Python's own state, and 1 two-process run in
+    # 10 ended in SIGABRT ("terminate called without an active exception") after finishing;
+    # freed here, while everything is alive, 0 in 70.
+    gc.collect()
+    sys.exit(exit_code)
 
 
 if __name__ == "__main__":  # python -m gpt.train_cli, as gpt.sweep starts each run
