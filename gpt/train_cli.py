@@ -50,7 +50,7 @@ def main() -> None:
     # The model and its process group sit in reference cycles. Left to the interpreter's
     # shutdown, gloo's threads were torn down after Python's own state, and 1 two-process run in
     # 10 ended in SIGABRT ("terminate called without an active exception") after finishing;
-    # freed here, while everything is alive, 0 in 70.
+    # freed here, while everything is alive, 0 in 100.
     gc.collect()
     sys.exit(exit_code)
 
