@@ -48,8 +48,6 @@ import shlex
 import shutil
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -61,7 +59,7 @@ import psutil
 import torch
 
 import bench
-from bench import ROOT, format_table, prepare_corpus, write_results
+from bench import format_table, prepare_corpus, write_results
 from bench.fault_probe import PHASES
 from bench.fault_runs import (
     ONE,
@@ -86,6 +84,7 @@ from bench.fault_runs import (
 from gpt.checkpoint import find_damage, list_checkpoints
 from gpt.cli import run_cli
 from tests.test_checkpoint import empty, garbage, plant_pickle, truncate  # the test's damages
+from tests.test_faults import can_mount_a_small_disk, run_on_a_small_disk
 
 SLOW_SAVE = 0.3  # seconds added to each torch.save of an armed run (optimizer, RNG states)
 SPLIT_PAUSE = 0.2  # seconds between the halves of a metrics line in an armed run
@@ -338,34 +337,14 @@ def damage_table(result: dict) -> str:
 # ----- a full disk -------------------------------------------------------------------------------
 
 
-def can_mount_a_small_disk(where: Path) -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    mount = f"mount -t tmpfs -o size=64k tmpfs {shlex.quote(str(where))}"
-    return (
-        subprocess.run(["unshare", "-rm", "sh", "-c", mount], capture_output=True).returncode == 0
-    )
-
-
 def full_disk_trial(campaign: Campaign, reference: Reference, kib: int) -> dict:
     """Train on a ``kib`` KiB tmpfs of a private mount namespace, then again on a roomy disk."""
     folder = campaign.folder(f"full-disk-{kib}")
     disk, kept = folder / "disk", folder / "kept"
     disk.mkdir()
     on_disk = disk / "run"
-    script = (
-        f"mount -t tmpfs -o size={kib}k tmpfs {shlex.quote(str(disk))} && "
-        f"{shlex.join([sys.executable, *campaign.train(ONE, on_disk)])}; status=$?; "
-        f"cp -a {shlex.quote(str(on_disk))} {shlex.quote(str(kept))}; exit $status"
-    )
-    result = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=environment(),
-        timeout=600,
-    )
+    train = campaign.train(ONE, on_disk)
+    result = run_on_a_small_disk(train, disk, kib, on_disk, kept, env=environment(), timeout=600)
     problems = []
     lines = result.stderr.splitlines()
     if result.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: "):

@@ -156,17 +156,28 @@ def test_a_second_ctrl_c_while_the_report_is_written_stops_at_once_and_says_so(
 
 
 def can_mount_a_small_disk(where: Path) -> bool:
-    probe = subprocess.run(
-        [
-            "unshare",
-            "-rm",
-            "sh",
-            "-c",
-            f"mount -t tmpfs -o size=64k tmpfs {shlex.quote(str(where))}",
-        ],
-        capture_output=True,
+    """Whether this machine lets a user mount a tmpfs in a private mount namespace (unshare -rm)."""
+    if shutil.which("unshare") is None:
+        return False
+    mount = f"mount -t tmpfs -o size=64k tmpfs {shlex.quote(str(where))}"
+    return (
+        subprocess.run(["unshare", "-rm", "sh", "-c", mount], capture_output=True).returncode == 0
     )
-    return probe.returncode == 0
+
+
+def run_on_a_small_disk(
+    args: list[str], disk: Path, kib: int, out: Path, kept: Path, **run
+) -> subprocess.CompletedProcess:
+    """``python ARGS`` with ``disk`` a ``kib`` KiB tmpfs of a private mount namespace. The output
+    folder ``out`` on it is copied to ``kept`` at the end: the tmpfs ends with the namespace."""
+    script = (
+        f"mount -t tmpfs -o size={kib}k tmpfs {shlex.quote(str(disk))} && "
+        f"{shlex.join([sys.executable, *args])}; status=$?; "
+        f"cp -a {shlex.quote(str(out))} {shlex.quote(str(kept))}; exit $status"
+    )
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True, **run
+    )
 
 
 def test_a_full_disk_stops_the_run_with_one_line_and_the_previous_checkpoint_resumes(
@@ -175,7 +186,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_the_previous_checkpoint_res
     """The output folder on a real 1.3 MB tmpfs (in a private mount namespace)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if shutil.which("unshare") is None or not can_mount_a_small_disk(disk):
+    if not can_mount_a_small_disk(disk):
         pytest.skip("cannot mount a small tmpfs here (needs unshare and user namespaces)")
     on_disk, kept = disk / "run", tmp_path / "run"
     args = train_args(
@@ -185,18 +196,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_the_previous_checkpoint_res
         "train.checkpoint_interval=5",
         "train.keep_checkpoints=99",
     )
-    script = (
-        f"mount -t tmpfs -o size=1300k tmpfs {shlex.quote(str(disk))} && "
-        f"{shlex.join([sys.executable, *args])}; status=$?; "
-        f"cp -a {shlex.quote(str(on_disk))} {shlex.quote(str(kept))}; exit $status"
-    )
-    result = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_on_a_small_disk(args, disk, 1300, on_disk, kept, timeout=300)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
