@@ -256,18 +256,22 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         raise UserError(_describe(error)) from None
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """A config file as a plain nested dict, not yet validated."""
+def read_yaml_file(path: Path, kind: str, example: str) -> Any:
+    """The YAML document in ``path`` (a ``kind`` such as "config file"), as plain data; a missing
+    file or bad YAML is one line naming it (and ``example``, what to pass instead)."""
     if not path.is_file():
-        raise UserError(
-            f"config file {path} does not exist; pass a YAML file such as configs/*.yaml"
-        )
+        raise UserError(f"{kind} {path} does not exist; pass {example}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+        raise UserError(f"{kind} {path} is not valid YAML{where}; fix its syntax") from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A config file as a plain nested dict, not yet validated."""
+    raw = read_yaml_file(path, "config file", "a YAML file such as configs/*.yaml")
     if raw is None:
         return {}
     if not isinstance(raw, dict):

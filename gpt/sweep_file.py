@@ -36,10 +36,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gpt.config import Config, apply_override, config_from_dict, read_config_file, set_key
+from gpt.config import (
+    Config,
+    apply_override,
+    config_from_dict,
+    read_config_file,
+    read_yaml_file,
+    set_key,
+)
 from gpt.errors import UserError
 
 DATA_DIR = "data"  # OUT/data: the data a sweep prepares
@@ -143,14 +149,7 @@ def load_sweep(
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"sweep file {path} does not exist; pass one such as configs/experiments/*.yaml")  # fmt: skip
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"sweep file {path} is not valid YAML{at}; fix its syntax") from None
+    raw = read_yaml_file(path, "sweep file", "one such as configs/experiments/*.yaml")
     if not isinstance(raw, dict):
         raise UserError(f"sweep file {path} must hold a mapping with description, base and runs")
     return raw
