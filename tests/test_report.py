@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import matplotlib.image
@@ -21,6 +18,7 @@ from gpt.report import FIGURES, REPORT_FILE, gap_growth_start, load_runs, loss_f
 from gpt.report import _main as report_main
 
 from .conftest import ROOT, run_python
+from .test_trainer import sigterm_after_the_first_train_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Evaluations every 20 steps. The gap (val - train) is 0.10, 0.11, 0.105, 0.12, 0.15, 0.19: its
@@ -235,17 +233,8 @@ def test_a_real_run_ends_with_its_report_and_takes_the_test_result(shakespeare_c
 def test_a_clean_stop_writes_the_report(shakespeare_char, tmp_path):
     out = tmp_path / "run"
     command = train_command(shakespeare_char, out, "train.max_iters=100000")
-    process = subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while (
-        not (out / "metrics.jsonl").exists() or '"train"' not in (out / "metrics.jsonl").read_text()
-    ):
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr
+    returncode, _, stderr = sigterm_after_the_first_train_record(command, out)
+    assert returncode == 128 + signal.SIGTERM, stderr
     assert json.loads((out / "run.json").read_text())["interrupted"] is True
     (row,) = table(out / "report" / REPORT_FILE)
     assert row["steps"].endswith("(stopped by signal)")

@@ -303,19 +303,11 @@ def test_a_run_killed_with_sigkill_resumes_to_bitwise_identical_weights(shakespe
     assert steps == [(r["kind"], r["step"]) for r in read_metrics(uninterrupted)]
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_with_the_signals_code(shakespeare_char, tmp_path):
-    out = tmp_path / "run"
+def sigterm_after_the_first_train_record(args: list[str], out: Path) -> tuple[int, str, str]:
+    """Start ``python ARGS`` (a run into ``out``), SIGTERM it once metrics.jsonl holds a train
+    record, and wait for it: its exit code, stdout and stderr."""
     process = subprocess.Popen(
-        [
-            sys.executable,
-            *train_args(
-                shakespeare_char, out, "train.max_iters=100000", "train.checkpoint_interval=100000"
-            ),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 120
     while (
@@ -325,7 +317,16 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_the_signals_code(shakespeare_
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr  # so `train.py && sample.py` stops
+    return process.returncode, stdout, stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_with_the_signals_code(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    args = train_args(
+        shakespeare_char, out, "train.max_iters=100000", "train.checkpoint_interval=100000"
+    )
+    returncode, stdout, stderr = sigterm_after_the_first_train_record(args, out)
+    assert returncode == 128 + signal.SIGTERM, stderr  # so `train.py && sample.py` stops
     (checkpoint,) = (out / "checkpoints").glob("step_*")
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert 5 <= state["step"] < 100000
