@@ -63,6 +63,7 @@ from gpt.data import BatchSlice, TokenData
 from gpt.errors import UserError
 from gpt.files import write_text
 from gpt.gpt2 import load_gpt2, pretrained_model_config
+from gpt.launch import runs_on_cpu
 from gpt.model import build_model
 from gpt.optim import build_optimizer
 from gpt.report import report_finished_run
@@ -184,7 +185,7 @@ class Trainer:
             gradient_accumulation_steps=train.gradient_accumulation_steps,
             # Without an accelerator, accelerate builds a multi-process (gloo) group only when told
             # to use the CPU; otherwise `accelerate launch` would start independent processes.
-            cpu=train.cpu or not torch.accelerator.is_available(),
+            cpu=runs_on_cpu(train),
             log_with="wandb" if wandb_mode != "disabled" else None,
             project_dir=str(self.out_dir),
             kwargs_handlers=[

@@ -19,6 +19,8 @@ import sys
 import pytest
 import torch
 
+from gpt.config import TrainConfig, load_config
+from gpt.launch import runs_on_cpu
 from tests.conftest import ROOT
 from tests.test_trainer import free_port, train_args
 
@@ -105,18 +107,38 @@ def test_accelerate_reads_each_config_as_promised(name, launcher, processes, mac
 # ----- real launches on this machine --------------------------------------------------------------
 
 
-def test_the_cpu_config_starts_two_gloo_processes_without_gpus(tmp_path):
-    environment = tmp_path / "environment.json"
-    reports = probe_reports(
-        "--config_file", config("cpu_ddp_2proc.yaml"), "--main_process_port", "0",
-        probe_args=("--env", str(environment)),
-    )  # fmt: skip
-    assert reports == [
-        {"distributed_type": "MULTI_CPU", "process": rank, "processes": 2} for rank in (0, 1)
+def two_cpu_processes(device: str = "cpu") -> list[dict]:
+    return [
+        {"distributed_type": "MULTI_CPU", "device": device, "process": rank, "processes": 2}
+        for rank in (0, 1)
     ]
-    # CUDA shows the devices listed before the first invalid index: here none
-    visible = json.loads(environment.read_text())["CUDA_VISIBLE_DEVICES"]
-    assert visible.split(",")[0] == "-1"
+
+
+@pytest.mark.parametrize("gpus", ["no gpus", "pretended gpus"])
+@pytest.mark.parametrize(
+    "launch_flags",
+    [("--config_file", config("cpu_ddp_2proc.yaml")), ("--multi_gpu", "--num_processes", "2")],
+    ids=["cpu config", "--multi_gpu"],
+)
+def test_train_cpu_starts_two_gloo_processes_whatever_gpus_the_machine_has(launch_flags, gpus):
+    """train.cpu=true, not accelerate's gpu_ids (whose export changed in accelerate 1.16), keeps
+    the processes on the CPU: with GPUs visible, nothing touches CUDA (the pretence would fail)."""
+    pretend = ("--pretend-gpus",) if gpus == "pretended gpus" else ()
+    reports = probe_reports(
+        *launch_flags, "--main_process_port", "0", probe_args=("--cpu", *pretend)
+    )
+    assert reports == two_cpu_processes()
+
+
+def test_the_cpu_training_config_pins_the_cpu():
+    """The config the CPU launch is documented with needs no train.cpu=true on the command line."""
+    assert load_config(ROOT / "configs" / "shakespeare_char_cpu.yaml").train.cpu is True
+
+
+def test_without_train_cpu_a_machine_with_gpus_trains_on_them(monkeypatch):
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    assert runs_on_cpu(TrainConfig()) is False
+    assert runs_on_cpu(TrainConfig(cpu=True)) is True
 
 
 @needs_no_gpu
@@ -125,9 +147,7 @@ def test_a_gpu_config_with_two_processes_falls_back_to_gloo_on_cpus(name):
     reports = probe_reports(
         "--config_file", config(name), "--num_processes", "2", "--main_process_port", "0"
     )
-    assert reports == [
-        {"distributed_type": "MULTI_CPU", "process": rank, "processes": 2} for rank in (0, 1)
-    ]
+    assert reports == two_cpu_processes()
 
 
 @needs_no_gpu
@@ -154,9 +174,7 @@ def test_the_multi_node_config_joins_two_machines_over_loopback():
         code, stdout, stderr = finish(machine)
         assert code == 0, stderr[-3000:]
         reports += reports_in(stdout)
-    assert reports == [
-        {"distributed_type": "MULTI_CPU", "process": rank, "processes": 2} for rank in (0, 1)
-    ]
+    assert reports == two_cpu_processes()
 
 
 @pytest.mark.slow
@@ -213,11 +231,10 @@ def test_a_launch_that_would_not_do_what_it_says_is_refused(
 @pytest.mark.skipif(GPUS < 1, reason="needs a CUDA GPU")
 def test_the_cpu_config_stays_on_the_cpu_where_there_are_gpus():
     reports = probe_reports(
-        "--config_file", config("cpu_ddp_2proc.yaml"), "--main_process_port", "0"
-    )
-    assert reports == [
-        {"distributed_type": "MULTI_CPU", "process": rank, "processes": 2} for rank in (0, 1)
-    ]
+        "--config_file", config("cpu_ddp_2proc.yaml"), "--main_process_port", "0",
+        probe_args=("--cpu",),
+    )  # fmt: skip
+    assert reports == two_cpu_processes()
 
 
 @needs_two_gpus
@@ -231,9 +248,10 @@ def test_a_gpu_config_starts_one_process_per_gpu(name, distributed_type):
         "--main_process_port", "0",
     )  # fmt: skip
     assert reports == [
-        {"distributed_type": distributed_type, "process": rank, "processes": processes}
+        {"distributed_type": distributed_type, "device": "cuda", "process": rank,
+         "processes": processes}
         for rank in range(processes)
-    ]
+    ]  # fmt: skip
 
 
 @needs_two_gpus
@@ -263,5 +281,6 @@ def test_the_multi_node_config_joins_two_machines_of_one_gpu_each():
         assert code == 0, stderr[-3000:]
         reports += reports_in(stdout)
     assert sorted(reports, key=lambda report: report["process"]) == [
-        {"distributed_type": "MULTI_GPU", "process": rank, "processes": 2} for rank in (0, 1)
+        {"distributed_type": "MULTI_GPU", "device": "cuda", "process": rank, "processes": 2}
+        for rank in (0, 1)
     ]
