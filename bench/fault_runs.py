@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from bench import CONFIGS, OFFLINE, ROOT
 from bench.fault_probe import ARMED, BOARD_SIZE, PHASES
-from gpt.checkpoint import list_checkpoints
+from gpt.run.folder import list_checkpoints
 
 PROBE = str(ROOT / "bench" / "fault_probe.py")
 CONFIG = str(CONFIGS / "shakespeare_char_cpu.yaml")

@@ -81,10 +81,17 @@ from bench.fault_runs import (
     start,
     unfinished_checkpoints,
 )
-from gpt.checkpoint import find_damage, list_checkpoints
-from gpt.cli import run_cli
-from tests.test_checkpoint import empty, garbage, plant_pickle, truncate  # the test's damages
-from tests.test_faults import can_mount_a_small_disk, run_on_a_small_disk
+from bench.injection import (
+    can_mount_a_small_disk,
+    empty,
+    garbage,
+    plant_pickle,
+    run_on_a_small_disk,
+    truncate,
+)
+from gpt.base.cli import run_cli
+from gpt.run.checkpoints import find_damage
+from gpt.run.folder import list_checkpoints
 
 SLOW_SAVE = 0.3  # seconds added to each torch.save of an armed run (optimizer, RNG states)
 SPLIT_PAUSE = 0.2  # seconds between the halves of a metrics line in an armed run

@@ -23,11 +23,11 @@ import time
 import torch
 
 from bench import CONFIGS, format_table, write_results
-from gpt.cli import run_cli
-from gpt.config import load_config
-from gpt.generate import SamplingSettings, generate
-from gpt.lm import LanguageModel
-from gpt.model import build_model
+from gpt.base.cli import run_cli
+from gpt.base.config import load_config
+from gpt.models.generate import SamplingSettings, generate
+from gpt.models.gpt import build_model
+from gpt.models.lm import LanguageModel
 
 VOCAB_SIZE = 65  # the bundled corpus's characters
 PROMPT = list(range(16))

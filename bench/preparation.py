@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import CORPUS, OFFLINE, ROOT, format_table, write_results
-from gpt.cli import run_cli
+from gpt.base.cli import run_cli
 
 MB = 10**6
 TOKENIZERS = ("char", "bpe")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from bench import generation, preparation, time_to_quality, training
-from gpt.cli import run_cli
+from gpt.base.cli import run_cli
 
 BENCHMARKS = {
     "training throughput": training.main,

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench import CONFIGS, OFFLINE, ROOT, format_table, prepare_corpus, write_results
-from gpt.cli import run_cli
+from gpt.base.cli import run_cli
 
 POLL_SECONDS = 0.5
 QUICK_OVERRIDES = (

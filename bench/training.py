@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from bench import CONFIGS, format_table, prepare_corpus, write_results
-from gpt.cli import run_cli
-from gpt.config import load_config
-from gpt.data import BatchSlice
-from gpt.throughput import measure_matmul_flops, peak_flops
-from gpt.trainer import Trainer, learning_rate
+from gpt.base.cli import run_cli
+from gpt.base.config import load_config
+from gpt.data.tokens import BatchSlice
+from gpt.training.throughput import measure_matmul_flops, peak_flops
+from gpt.training.trainer import Trainer, learning_rate
 
 StepFunction = Callable[[int], object]
 
@@ -195,7 +195,7 @@ class Contender:
 
 
 class DevicePeak:
-    """The device's peak FLOP/s, as :func:`gpt.throughput.peak_flops` gives it.
+    """The device's peak FLOP/s, as :func:`gpt.training.throughput.peak_flops` gives it.
 
     A GPU's comes from its data sheet. A CPU's is measured, and other jobs on a shared machine
     lower any single measurement, so :meth:`sample` measures again and the best one is kept.

@@ -15,7 +15,6 @@ complete, so an interrupted run never leaves a folder the trainer would accept.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -30,9 +29,9 @@ from tqdm import tqdm
 
 from data_prep.sources import CHUNK_CHARS, DatasetCorpus, FileCorpus, utf8_length
 from data_prep.split import Fractions, Piece, split_pieces
-from gpt.errors import UserError
-from gpt.files import publish_folder, staging_folder
-from gpt.tokenizer import (
+from gpt.base.errors import UserError
+from gpt.base.files import publish_folder, sha256, staging_folder
+from gpt.data.tokenizer import (
     MAX_BPE_VOCAB,
     MIN_BPE_VOCAB,
     Tokenizer,
@@ -86,9 +85,7 @@ def prepare(corpus: Corpus, settings: Settings, arguments: dict[str, Any]) -> di
             "documents": counts["documents"],
             "bytes": counts["bytes"],
             "sources": corpus.sources,
-            "content_hash": content_hash(
-                [staging / f"{split}.bin" for split in settings.fractions.splits]
-            ),
+            "content_hash": sha256(*(staging / f"{split}.bin" for split in settings.fractions.splits)),
             "arguments": arguments,
         }
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -296,16 +293,6 @@ def _encode(batch: list[Piece], tokenizer: Tokenizer, dtype: str) -> dict[str, n
         if piece.ends_document:
             arrays.append(end_of_text)
     return {split: np.concatenate(arrays) for split, arrays in parts.items()}
-
-
-def content_hash(paths: list[Path]) -> str:
-    """SHA-256 of the files' bytes, one after the other."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as file:
-            while block := file.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def check_output_folder(out: Path, overwrite: bool) -> None:

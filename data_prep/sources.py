@@ -22,7 +22,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from gpt.errors import UserError
+from gpt.base.errors import UserError, one_line
 
 CHUNK_CHARS = 1 << 16  # a chunk: about 64 kB of text
 READ_BYTES = 1 << 16  # how much of a file is read at a time
@@ -301,11 +301,11 @@ def _load_dataset(
     except ConnectionError as error:
         raise UserError(
             f"dataset {name!r} is not in the local cache and the Hub cannot be reached "
-            f"({_one_line(error)}); download it once while online (with HF_DATASETS_OFFLINE=1 the "
+            f"({one_line(error)}); download it once while online (with HF_DATASETS_OFFLINE=1 the "
             "cache is used without asking the Hub), or give local files with --hf-data-files"
         ) from None
     except (FileNotFoundError, ValueError) as error:  # unknown dataset, config, split or format
-        raise UserError(f"cannot load dataset {name!r}: {_one_line(error)}") from None
+        raise UserError(f"cannot load dataset {name!r}: {one_line(error)}") from None
 
 
 def _check_column(dataset: Any, name: str, text_column: str) -> None:
@@ -317,7 +317,3 @@ def _check_column(dataset: Any, name: str, text_column: str) -> None:
             f"dataset {name!r} has no column {text_column!r}; its columns are "
             f"{', '.join(columns) or 'none'}: choose one with --text-column"
         )
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())

@@ -9,13 +9,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpt.cli import ArgumentParser, run_cli
-from gpt.errors import UserError
+from gpt.base.cli import ArgumentParser, run_cli
+from gpt.base.device import resolve_device
+from gpt.base.errors import UserError
 
 if TYPE_CHECKING:  # imported where used: a bad command line costs no torch import
-    import torch
 
-    from gpt.generate import TextPiece
+    from gpt.models.generate import TextPiece
 
 SEPARATOR = "\n---\n"  # between samples: a line holding only ---
 INTERRUPTED_EXIT_CODE = 130  # the shell's code for Ctrl-C
@@ -112,14 +112,14 @@ def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     import torch
 
-    from gpt.checkpoint import describe_trained, load_trained
-    from gpt.generate import (
+    from gpt.models.generate import (
         SamplingSettings,
         check_lengths,
         check_stop_strings,
         encode_prompt,
         generate_text,
     )
+    from gpt.run.weights import describe_trained, load_trained
 
     settings = SamplingSettings(args.temperature, args.top_k, args.top_p)
     check_lengths(args.max_new_tokens, args.num_samples)
@@ -186,18 +186,6 @@ def read_prompt(prompt: str, prompt_file: str | None) -> str:
         raise UserError(f"cannot read --prompt-file {prompt_file}: {error.strerror}") from None
     except UnicodeDecodeError:
         raise UserError(f"--prompt-file {prompt_file} is not UTF-8 text; convert it") from None
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: cuda if available, else mps if available, else cpu."""
-    import torch
-
-    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
-        raise UserError(f"--device {name} is not available here; use --device auto or cpu")
-    return torch.device(name)
 
 
 def print_samples(pieces: Iterable[TextPiece], prompt: str, num_samples: int, stream: bool) -> int:

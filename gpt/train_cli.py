@@ -5,8 +5,8 @@ import gc
 import signal
 import sys
 
-from gpt.cli import ArgumentParser, run_cli
-from gpt.config import load_config
+from gpt.base.cli import ArgumentParser, run_cli
+from gpt.base.config import load_config
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -31,12 +31,13 @@ def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     config = load_config(args.config, args.overrides)
     # imported after validation: a config error costs no torch import
-    from gpt.launch import check_launch
-    from gpt.trainer import train
+    from gpt.analysis.report import write_run_report
+    from gpt.training.launch import check_launch
+    from gpt.training.trainer import train
 
     check_launch(config.train)
     try:
-        return train(config).exit_code  # 130 or 143 when a signal stopped it: not finished
+        return train(config, after_run=write_run_report).exit_code  # 130 or 143 when a signal stopped it: not finished
     except KeyboardInterrupt:  # a second Ctrl-C, which stops at once (the trainer said so)
         return 130
 

@@ -1,6 +1,6 @@
 """A stand-in for train.py under ``accelerate launch``: what did the launch start?
 
-Each process chooses its device as the trainer does (:func:`gpt.launch.runs_on_cpu`), builds its
+Each process chooses its device as the trainer does (:func:`gpt.training.launch.runs_on_cpu`), builds its
 Accelerator and prints one line, ``probe {"distributed_type": ..., "device": ..., "process": i,
 "processes": n}``. Options:
 
@@ -31,8 +31,8 @@ if args.pretend_gpus:
 
 from accelerate import Accelerator  # noqa: E402  (after the pretence, as accelerate reads it)
 
-from gpt.config import TrainConfig  # noqa: E402
-from gpt.launch import runs_on_cpu  # noqa: E402
+from gpt.base.config import TrainConfig  # noqa: E402
+from gpt.training.launch import runs_on_cpu  # noqa: E402
 
 accelerator = Accelerator(cpu=runs_on_cpu(TrainConfig(cpu=args.cpu)))
 report = {

@@ -136,7 +136,7 @@ def another_tokenizer(text: str) -> Callable[[Path], None]:
     """Put the char tokenizer of ``text`` in place of the folder's tokenizer.json."""
 
     def edit(folder: Path) -> None:
-        from gpt.tokenizer import train_char_tokenizer
+        from gpt.data.tokenizer import train_char_tokenizer
 
         train_char_tokenizer([text]).save(folder / "tokenizer.json")
 
@@ -464,10 +464,10 @@ def write_trained_out_dir(data: Path, out: Path) -> None:
     """What sampling reads of a training output folder: weights and tokenizer (a tiny GPT)."""
     import torch
 
-    from gpt.checkpoint import save_model
-    from gpt.config import ModelConfig
-    from gpt.model import build_model
-    from gpt.tokenizer import load_tokenizer
+    from gpt.base.config import ModelConfig
+    from gpt.data.tokenizer import load_tokenizer
+    from gpt.models.gpt import build_model
+    from gpt.run.weights import save_model
 
     tokenizer = load_tokenizer(data / "tokenizer.json")
     torch.manual_seed(0)

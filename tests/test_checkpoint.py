@@ -5,7 +5,6 @@ an emptied one, garbage bytes, and a pickle that would create a file if anything
 """
 
 import json
-import random
 import shutil
 from pathlib import Path
 
@@ -13,8 +12,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from gpt.checkpoint import find_damage, save_checkpoint
-from gpt.config import ModelConfig
+from bench.injection import empty, garbage, plant_pickle, truncate
+from gpt.base.config import ModelConfig
+from gpt.run.checkpoints import find_damage
+from gpt.training.checkpoint import save_checkpoint
 
 from .test_trainer import run_python, train_args
 
@@ -50,32 +51,6 @@ def test_a_checkpoint_with_sub_folders_is_written_and_verified(tmp_path):
 
 
 # ----- damaged checkpoints met on resume ---------------------------------------------------------
-
-
-class Payload:
-    """Unpickled, this creates ``marker``: proof that code ran."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
-
-
-def truncate(path: Path, marker: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
-def empty(path: Path, marker: Path) -> None:
-    path.write_bytes(b"")
-
-
-def garbage(path: Path, marker: Path) -> None:
-    path.write_bytes(random.Random(0).randbytes(max(path.stat().st_size, 64)))
-
-
-def plant_pickle(path: Path, marker: Path) -> None:
-    torch.save(Payload(marker), path)
 
 
 DAMAGE = {5: truncate, 4: empty, 3: garbage, 2: plant_pickle}  # checkpoint step: what is done to it

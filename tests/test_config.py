@@ -6,11 +6,11 @@ import pytest
 import yaml
 from accelerate.commands.config.config_args import ClusterConfig
 
-from gpt.cli import run_cli
-from gpt.config import Config, fit_warmup_to_run, load_config
-from gpt.errors import UserError
+from gpt.base.cli import run_cli
+from gpt.base.config import Config, fit_warmup_to_run, load_config
+from gpt.base.errors import UserError
 from gpt.train_cli import _main as train_main
-from gpt.trainer import learning_rate
+from gpt.training.trainer import learning_rate
 
 from .conftest import ROOT, run_python
 

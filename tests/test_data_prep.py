@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep.__main__ import build_parser, main, run
+from data_prep.__main__ import main, run
+from data_prep.options import build_parser
 from data_prep.sources import FileDocument, cut_into_chunks
-from gpt.cli import run_cli
-from gpt.tokenizer import END_OF_TEXT, load_tokenizer
+from gpt.base.cli import run_cli
+from gpt.data.tokenizer import END_OF_TEXT, load_tokenizer
 from tests.conftest import CORPUS, run_python
 
 SPLITS = ("train", "val", "test")

@@ -6,17 +6,18 @@ import pytest
 import torch
 from torch import nn
 
-from gpt.checkpoint import list_checkpoints, load_trained
-from gpt.config import ModelConfig, load_config
-from gpt.diagnostics import (
+from gpt.analysis.diagnostics import (
     Layer,
     depth_layers,
     diagnose,
     first_batch_of_run,
     initial_weights_of_run,
 )
-from gpt.model import build_model
-from gpt.trainer import Trainer
+from gpt.base.config import ModelConfig, load_config
+from gpt.models.gpt import build_model
+from gpt.run.folder import list_checkpoints
+from gpt.run.weights import load_trained
+from gpt.training.trainer import Trainer
 
 from .conftest import ROOT
 

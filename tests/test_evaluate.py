@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from gpt.checkpoint import load_trained
-from gpt.cli import run_cli
-from gpt.config import ModelConfig
-from gpt.data import read_meta, split_tokens
+from gpt.analysis.evaluation import count_bytes, score_tokens, window_ends
+from gpt.base.cli import run_cli
+from gpt.base.config import ModelConfig
+from gpt.data.tokenizer import load_tokenizer
+from gpt.data.tokens import read_meta, split_tokens
 from gpt.evaluate import _main as evaluate_main
-from gpt.evaluate import count_bytes, score_tokens, window_ends
-from gpt.model import build_model
-from gpt.tokenizer import load_tokenizer
+from gpt.models.gpt import build_model
+from gpt.run.weights import load_trained
 
 from .conftest import CORPUS, ROOT, run_python
 

@@ -6,8 +6,6 @@ on two over loopback. Processes are found through psutil and hit with real signa
 
 import contextlib
 import re
-import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from gpt.checkpoint import find_damage, list_checkpoints
+from bench.injection import can_mount_a_small_disk, run_on_a_small_disk
+from gpt.run.checkpoints import find_damage
+from gpt.run.folder import list_checkpoints
 
 from .test_trainer import (
     ROOT,
@@ -153,31 +153,6 @@ def test_a_second_ctrl_c_while_the_report_is_written_stops_at_once_and_says_so(
         f"the newest complete checkpoint is {newest}" in stdout
     )
     assert find_damage(newest) is None
-
-
-def can_mount_a_small_disk(where: Path) -> bool:
-    """Whether this machine lets a user mount a tmpfs in a private mount namespace (unshare -rm)."""
-    if shutil.which("unshare") is None:
-        return False
-    mount = f"mount -t tmpfs -o size=64k tmpfs {shlex.quote(str(where))}"
-    return (
-        subprocess.run(["unshare", "-rm", "sh", "-c", mount], capture_output=True).returncode == 0
-    )
-
-
-def run_on_a_small_disk(
-    args: list[str], disk: Path, kib: int, out: Path, kept: Path, **run
-) -> subprocess.CompletedProcess:
-    """``python ARGS`` with ``disk`` a ``kib`` KiB tmpfs of a private mount namespace. The output
-    folder ``out`` on it is copied to ``kept`` at the end: the tmpfs ends with the namespace."""
-    script = (
-        f"mount -t tmpfs -o size={kib}k tmpfs {shlex.quote(str(disk))} && "
-        f"{shlex.join([sys.executable, *args])}; status=$?; "
-        f"cp -a {shlex.quote(str(out))} {shlex.quote(str(kept))}; exit $status"
-    )
-    return subprocess.run(
-        ["unshare", "-rm", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True, **run
-    )
 
 
 def test_a_full_disk_stops_the_run_with_one_line_and_the_previous_checkpoint_resumes(

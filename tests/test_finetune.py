@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from data_prep.__main__ import run as data_prep_run
-from gpt.checkpoint import save_model
-from gpt.cli import run_cli
-from gpt.config import ModelConfig
-from gpt.export import _main as export_main
-from gpt.model import build_model
-from gpt.tokenizer import load_tokenizer, train_char_tokenizer
+from gpt.base.cli import run_cli
+from gpt.base.config import ModelConfig
+from gpt.data.tokenizer import load_tokenizer, train_char_tokenizer
+from gpt.interop.export import _main as export_main
+from gpt.models.gpt import build_model
+from gpt.run.weights import save_model
 
 from .conftest import CORPUS, ROOT, run_python
 from .test_trainer import assert_same_weights, final_weights, read_metrics, train_args

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from gpt.config import ModelConfig
-from gpt.errors import UserError
-from gpt.generate import (
+from gpt.base.config import ModelConfig
+from gpt.base.errors import UserError
+from gpt.data.tokenizer import Tokenizer, train_bpe_tokenizer, train_char_tokenizer
+from gpt.models.generate import (
     CachedContext,
     Continuation,
     SamplingSettings,
@@ -18,9 +19,8 @@ from gpt.generate import (
     generate_text,
     sample_next_tokens,
 )
-from gpt.lm import LanguageModel
-from gpt.model import build_model
-from gpt.tokenizer import Tokenizer, train_bpe_tokenizer, train_char_tokenizer
+from gpt.models.gpt import build_model
+from gpt.models.lm import LanguageModel
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt"
 BLOCK = 16

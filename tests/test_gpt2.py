@@ -14,14 +14,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpt.checkpoint import save_model
-from gpt.config import ModelConfig
-from gpt.errors import UserError
-from gpt.export import export_hf
-from gpt.generate import SamplingSettings, generate, generate_text
-from gpt.gpt2 import GPT2Folder, load_gpt2
-from gpt.model import GPT
-from gpt.tokenizer import END_OF_TEXT, Tokenizer, train_bpe_tokenizer, train_char_tokenizer
+from gpt.base.config import ModelConfig
+from gpt.base.errors import UserError
+from gpt.data.tokenizer import END_OF_TEXT, Tokenizer, train_bpe_tokenizer, train_char_tokenizer
+from gpt.interop.export import export_hf
+from gpt.interop.gpt2 import GPT2Folder, load_gpt2
+from gpt.models.generate import SamplingSettings, generate, generate_text
+from gpt.models.gpt import GPT
+from gpt.run.weights import save_model
 
 from .conftest import CORPUS, ROOT, run_python
 

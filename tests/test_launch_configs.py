@@ -19,8 +19,8 @@ import sys
 import pytest
 import torch
 
-from gpt.config import TrainConfig, load_config
-from gpt.launch import runs_on_cpu
+from gpt.base.config import TrainConfig, load_config
+from gpt.training.launch import runs_on_cpu
 from tests.conftest import ROOT
 from tests.test_trainer import free_port, train_args
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from gpt.config import config_from_dict
-from gpt.lessons import ANALYSES
-from gpt.report import load_run, save_png
-from gpt.sweep_report import Measured
+from gpt.analysis.figures import save_png
+from gpt.analysis.lessons import ANALYSES
+from gpt.analysis.runs import load_run
+from gpt.analysis.sweep_report import Measured
+from gpt.base.config import config_from_dict
 
 from .test_report import PNG_SIGNATURE, synthetic_run
 

@@ -4,12 +4,12 @@ drawn from real tiny runs trained in this process."""
 import pytest
 from accelerate.state import AcceleratorState
 
-from gpt.config import load_config
-from gpt.errors import UserError
-from gpt.lessons import ANALYSES
-from gpt.report import load_run
-from gpt.sweep_report import Measured
-from gpt.trainer import Trainer
+from gpt.analysis.lessons import ANALYSES
+from gpt.analysis.runs import load_run
+from gpt.analysis.sweep_report import Measured
+from gpt.base.config import load_config
+from gpt.base.errors import UserError
+from gpt.training.trainer import Trainer
 
 from .conftest import ROOT
 

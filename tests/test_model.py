@@ -11,11 +11,11 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from gpt.baselines import CNNLanguageModel, MLPLanguageModel
-from gpt.checkpoint import load_model, save_model
-from gpt.config import ModelConfig
-from gpt.lm import GPT2_STD, LOGIT_STD, LanguageModel, TokenBatchNorm
-from gpt.model import GPT, build_model
+from gpt.base.config import ModelConfig
+from gpt.models.baselines import CNNLanguageModel, MLPLanguageModel
+from gpt.models.gpt import GPT, build_model
+from gpt.models.lm import GPT2_STD, LOGIT_STD, LanguageModel, TokenBatchNorm
+from gpt.run.weights import load_model, save_model
 
 ARCHS = ["gpt", "mlp", "cnn"]
 VOCAB = 65

@@ -9,11 +9,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from gpt.config import ModelConfig, TrainConfig, load_config
-from gpt.errors import UserError
-from gpt.model import build_model
-from gpt.optim import build_optimizer
-from gpt.trainer import Trainer
+from gpt.base.config import ModelConfig, TrainConfig, load_config
+from gpt.base.errors import UserError
+from gpt.models.gpt import build_model
+from gpt.training.optim import build_optimizer
+from gpt.training.trainer import Trainer
 
 from .conftest import CORPUS, ROOT, run_python
 from .test_trainer import assert_same_weights, final_weights, read_metrics

@@ -10,12 +10,14 @@ import matplotlib.image
 import yaml
 from PIL import Image
 
-from gpt.checkpoint import save_model
-from gpt.cli import run_cli
-from gpt.config import ModelConfig
-from gpt.model import build_model
-from gpt.report import FIGURES, REPORT_FILE, gap_growth_start, load_runs, loss_figure
+from gpt.analysis.figures import loss_figure
+from gpt.analysis.report import FIGURES, REPORT_FILE
+from gpt.analysis.runs import gap_growth_start, load_runs
+from gpt.base.cli import run_cli
+from gpt.base.config import ModelConfig
+from gpt.models.gpt import build_model
 from gpt.report import _main as report_main
+from gpt.run.weights import save_model
 
 from .conftest import ROOT, run_python
 from .test_trainer import sigterm_after_the_first_train_record

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from gpt.checkpoint import list_checkpoints, load_model, read_trainer_state
-from gpt.cli import run_cli
-from gpt.console import RunFacts, duration, end_of_run, startup_block
+from gpt.base.cli import run_cli
+from gpt.run.checkpoints import read_trainer_state
+from gpt.run.folder import list_checkpoints
+from gpt.run.weights import load_model
 from gpt.sample_cli import _main as sample_main
+from gpt.training.console import RunFacts, duration, end_of_run, startup_block
 
 from .conftest import CORPUS, ROOT, run_python
 from .test_trainer import read_metrics, train_args, wandb_history, wandb_records

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt.checkpoint import save_model
-from gpt.cli import run_cli
+from gpt.base.cli import run_cli
+from gpt.run.weights import save_model
 from gpt.sample_cli import SEPARATOR, _main
 from tests.conftest import run_python
 from tests.test_generate import BLOCK, bpe_tokenizer, char_tokenizer, tiny_model

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpt.cli import run_cli
-from gpt.config import Config, config_from_dict
-from gpt.lessons import ANALYSES
-from gpt.sweep import _main as sweep_main
-from gpt.sweep import config_changes, run_state
-from gpt.sweep_file import load_sweep
+from gpt.analysis.lessons import ANALYSES
+from gpt.analysis.sweep import _main as sweep_main
+from gpt.analysis.sweep import config_changes, run_state
+from gpt.analysis.sweep_file import load_sweep
+from gpt.base.cli import run_cli
+from gpt.base.config import Config, config_from_dict
 
 from .conftest import CORPUS, ROOT
 

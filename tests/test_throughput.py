@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gpt.throughput import gpu_peak_flops, peak_flops, tf32_enabled, use_tf32
+from gpt.training.throughput import gpu_peak_flops, peak_flops, tf32_enabled, use_tf32
 from tests.conftest import run_python
 from tests.test_trainer import train_args
 
@@ -77,8 +77,8 @@ def test_the_trainer_sets_tf32_as_configured(shakespeare_char, tmp_path, setting
     _, config, *overrides = train_args(shakespeare_char, tmp_path / "out", f"train.tf32={setting}")
     script = (
         "import sys, torch\n"
-        "from gpt.config import load_config\n"
-        "from gpt.trainer import Trainer\n"
+        "from gpt.base.config import load_config\n"
+        "from gpt.training.trainer import Trainer\n"
         "Trainer(load_config(sys.argv[1], sys.argv[2:]))\n"
         "print(torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)\n"
     )

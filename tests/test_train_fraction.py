@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt.console import startup_block
-from gpt.data import BatchSlice, TokenData
-from gpt.errors import UserError
+from gpt.base.errors import UserError
+from gpt.data.tokens import BatchSlice, TokenData
+from gpt.training.console import startup_block
 
 from .test_run_output import facts, rows
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gpt.config import TrainConfig
-from gpt.data import BatchSlice, TokenData
-from gpt.trainer import learning_rate
+from gpt.base.config import TrainConfig
+from gpt.data.tokens import BatchSlice, TokenData
+from gpt.training.trainer import learning_rate
 
 from .conftest import CORPUS, ROOT, run_python
 
@@ -405,8 +405,8 @@ def test_an_update_that_makes_the_weights_non_finite_is_never_saved(shakespeare_
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16's gradient scaler needs CUDA")
 def test_fp16_steps_that_the_gradient_scaler_skips_do_not_stop_the_run(shakespeare_char, tmp_path):
-    from gpt.config import load_config
-    from gpt.trainer import Trainer
+    from gpt.base.config import load_config
+    from gpt.training.trainer import Trainer
 
     out = tmp_path / "run"
     args = train_args(shakespeare_char, out, "train.max_iters=60", "train.log_interval=1")
@@ -573,8 +573,8 @@ def test_early_stopping_keeps_the_best_val_weights(overfitting_data, tmp_path):
     assert evals[-1]["step"] < 2000
     assert evals[-1]["best_val_loss"] == evals[best]["val_loss"]
 
-    from gpt.checkpoint import load_model
-    from gpt.data import TokenData
+    from gpt.data.tokens import TokenData
+    from gpt.run.weights import load_model
 
     model = load_model(out / "model.safetensors")
     data = TokenData(overfitting_data, block_size=32)

@@ -1,0 +1,341 @@
+"""The typed run configuration: sections ``data``, ``model`` and ``train`` (with ``train.wandb``).
+
+A config is a YAML file plus dotted ``key=value`` overrides from the command line::
+
+    python train.py configs/shakespeare_char.yaml model.n_layer=4 train.max_iters=200
+
+pydantic does the type checking and range checks, once, before any work starts. Every problem becomes
+a :class:`~gpt.errors.UserError` naming the key and what to do, with a did-you-mean suggestion for
+unknown keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gpt.base.errors import UserError
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, and assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+
+
+class DataConfig(Section):
+    dir: str = Field("data/shakespeare_char", description="a folder written by data_prep")
+    train_fraction: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="train on the first this fraction of train.bin's tokens; val and test stay whole",
+    )
+
+
+class ModelConfig(Section):
+    arch: Literal["gpt", "mlp", "cnn"] = Field("gpt", description="gpt | mlp | cnn")
+    n_layer: PositiveInt = Field(
+        6, description="transformer blocks / MLP hidden layers / conv layers"
+    )
+    n_head: PositiveInt = Field(6, description="attention heads (gpt)")
+    n_embd: PositiveInt = Field(384, description="embedding width (channels for cnn)")
+    block_size: PositiveInt = Field(256, description="context length in tokens")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability, in [0, 1)")
+    bias: bool = Field(True, description="biases in linear layers and LayerNorms")
+    activation: Literal["gelu", "gelu_tanh"] = Field(
+        "gelu", description="gelu (exact) | gelu_tanh (GPT-2's tanh approximation) (gpt)"
+    )
+    init: Literal["xavier", "lecun", "gpt2"] = Field(
+        "xavier", description="xavier | lecun (Var 1/n_in) | gpt2 (normal 0.02)"
+    )
+    init_scale: float = Field(
+        1.0, gt=0.0, description="multiplies every initial weight's standard deviation"
+    )
+    residual: bool = Field(True, description="residual connections around blocks (gpt, cnn)")
+    norm: Literal["layer", "batch", "none"] = Field(
+        "layer", description="layer | batch (cnn only) | none: the normalisation layers"
+    )
+    vocab_size: PositiveInt | None = Field(
+        None, description="None: from the data's meta.json; larger values pad the vocabulary"
+    )
+    context: PositiveInt = Field(8, description="tokens the MLP baseline sees (mlp)")
+    kernel_size: int = Field(3, ge=2, description="convolution width (cnn)")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.arch == "gpt" and self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _batch_norm_only_in_the_cnn(self) -> ModelConfig:
+        if self.norm == "batch" and self.arch != "cnn":
+            raise ValueError(
+                f"model.norm=batch is for the CNN baseline only (model.arch={self.arch}): its "
+                "statistics over a batch mix the positions of a sequence, letting a position see "
+                "the ones after it; use model.norm=layer or none"
+            )
+        return self
+
+
+class WandbConfig(Section):
+    mode: Literal["disabled", "offline", "online"] | None = Field(
+        None, description="None: the WANDB_MODE environment variable, else offline"
+    )
+    project: str = Field("gpt-trainer", description="W&B project")
+    run_name: str | None = Field(None, description="W&B run name (default: the out_dir's name)")
+
+    def resolved_mode(self) -> str:
+        mode = self.mode or os.environ.get("WANDB_MODE", "offline")
+        if mode not in ("disabled", "offline", "online"):
+            raise UserError(f"WANDB_MODE={mode!r} is not one of disabled, offline, online")
+        return mode
+
+
+class TrainConfig(Section):
+    out_dir: str = Field("out/run", description="where config, metrics, weights and checkpoints go")
+    batch_size: PositiveInt = Field(32, description="sequences per process per micro-step")
+    gradient_accumulation_steps: PositiveInt = Field(
+        1, description="micro-steps per optimizer step"
+    )
+    max_iters: PositiveInt = Field(5000, description="optimizer steps")
+    learning_rate: float = Field(1e-3, gt=0.0, description="peak learning rate")
+    min_lr: float = Field(1e-4, ge=0.0, description="learning rate at the end of the decay")
+    warmup_iters: int = Field(100, ge=0, description="steps of linear warmup from 0")
+    lr_decay_iters: PositiveInt | None = Field(
+        None, description="end of the decay (None: max_iters)"
+    )
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="decay shape"
+    )
+    optimizer: Literal["adamw", "adam", "sgd", "lbfgs"] = Field(
+        "adamw", description="adamw | adam | sgd | lbfgs (see gpt/optim.py)"
+    )
+    weight_decay: float = Field(
+        0.1, ge=0.0, description="decoupled (adamw), or an L2 penalty in the gradient (adam, sgd)"
+    )
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="Adam(W) beta1")
+    beta2: float = Field(0.99, ge=0.0, lt=1.0, description="Adam(W) beta2")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum (0: plain SGD)")
+    full_batch: bool = Field(
+        False, description="every step on every window of the training split (lbfgs needs it)"
+    )
+    grad_clip: float = Field(1.0, ge=0.0, description="max global gradient norm (0: off)")
+    eval_interval: PositiveInt = Field(250, description="steps between evaluations")
+    eval_iters: PositiveInt = Field(20, description="batches per split per evaluation")
+    log_interval: PositiveInt = Field(
+        10, description="steps between train records in metrics.jsonl"
+    )
+    checkpoint_interval: PositiveInt = Field(500, description="steps between resumable checkpoints")
+    keep_checkpoints: PositiveInt = Field(3, description="how many recent checkpoints to keep")
+    early_stopping_patience: int = Field(
+        0, ge=0, description="evaluations without progress (0: off)"
+    )
+    seed: int = Field(1337, ge=0, description="seeds weights, dropout and the sample order")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="no | bf16 | fp16")
+    tf32: bool = Field(True, description="fp32 matrix products on GPU use TF32 tensor cores")
+    compile: bool = Field(False, description="torch.compile the model")
+    resume: str = Field("auto", description="auto | never | a checkpoint folder")
+    cpu: bool = Field(False, description="train on the CPU even if a GPU is present")
+    init_from: str | None = Field(
+        None,
+        description="a local Hugging Face GPT-2 folder to start from instead of random weights",
+    )
+    distributed_timeout_minutes: float = Field(
+        5.0, gt=0.0, description="how long a process waits for the others before giving up"
+    )
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_is_not_false(cls, value: Any) -> Any:
+        """YAML reads an unquoted ``no`` (``train.mixed_precision=no``) as the boolean false."""
+        return "no" if value is False else value
+
+    @model_validator(mode="after")
+    def _consistent_schedule(self) -> TrainConfig:
+        if self.min_lr > self.learning_rate:
+            raise ValueError(
+                f"train.min_lr ({self.min_lr}) must not exceed train.learning_rate "
+                f"({self.learning_rate})"
+            )
+        if self.lr_decay_iters is not None and self.warmup_iters > self.lr_decay_iters:
+            raise ValueError(
+                f"train.warmup_iters ({self.warmup_iters}) must not exceed "
+                f"train.lr_decay_iters ({self.lr_decay_iters}); lower one or raise the other"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _optimizer_settings_fit(self) -> TrainConfig:
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(
+                f"train.momentum is for train.optimizer=sgd (not {self.optimizer}, whose momentum "
+                "is train.beta1); remove it"
+            )
+        if self.full_batch and self.gradient_accumulation_steps > 1:
+            raise ValueError(
+                "train.full_batch=true takes every training window in each step, in chunks of "
+                "train.batch_size; set train.gradient_accumulation_steps=1"
+            )
+        if self.optimizer == "lbfgs":
+            needed = {
+                "train.full_batch=true": self.full_batch,
+                "train.weight_decay=0": self.weight_decay == 0,
+                "train.grad_clip=0": self.grad_clip == 0,
+                "train.mixed_precision=no or bf16": self.mixed_precision != "fp16",
+            }
+            missing = [setting for setting, present in needed.items() if not present]
+            if missing:
+                raise ValueError(
+                    "train.optimizer=lbfgs minimises one fixed function by line search, with "
+                    f"exact gradients; set {', '.join(missing)}"
+                )
+        return self
+
+    @property
+    def decay_iters(self) -> int:
+        return self.lr_decay_iters or self.max_iters
+
+
+def fit_warmup_to_run(train: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """A warmup as long as the run or longer becomes a tenth of the run, with a note saying so.
+
+    That is what a short smoke run of a shipped config (``train.max_iters=20``) needs: without it
+    the whole run would be warmup. Returns the config to train with, and the note or None.
+    """
+    if train.warmup_iters < train.max_iters:
+        return train, None
+    shorter = train.max_iters // 10
+    steps = "step" if shorter == 1 else "steps"
+    note = (
+        f"train.warmup_iters={train.warmup_iters} is not shorter than the run "
+        f"(train.max_iters={train.max_iters}); warming up for {shorter} {steps}, a tenth of the run"
+    )
+    return train.model_copy(update={"warmup_iters": shorter}), note
+
+
+class Config(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config, apply ``key=value`` overrides and validate everything once."""
+    raw: dict[str, Any] = {} if path is None else read_config_file(Path(path))
+    for override in overrides:
+        apply_override(raw, override)
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a plain nested dict (as read from YAML) into a :class:`Config`."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise UserError(_describe(error)) from None
+
+
+def read_yaml_file(path: Path, kind: str, example: str) -> Any:
+    """The YAML document in ``path`` (a ``kind`` such as "config file"), as plain data; a missing
+    file or bad YAML is one line naming it (and ``example``, what to pass instead)."""
+    if not path.is_file():
+        raise UserError(f"{kind} {path} does not exist; pass {example}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{kind} {path} is not valid YAML{where}; fix its syntax") from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A config file as a plain nested dict, not yet validated."""
+    raw = read_yaml_file(path, "config file", "a YAML file such as configs/*.yaml")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(
+            f"config file {path} must hold a mapping with data, model and train sections"
+        )
+    return raw
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``section.key=value`` in a raw config; the value is read as YAML (``true``, ``3e-4``)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"override {override!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    set_key(raw, key, value, f"override {override!r}")
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any, source: str | None = None) -> None:
+    """Set the dotted ``key`` (``model.n_layer``) of a raw config to ``value``, making sections as
+    needed. ``source`` names where the setting comes from, in errors."""
+    source = source or f"key {key!r}"
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"{source} is not a dotted key such as section.key")
+    *parents, leaf = key.split(".")
+    node = raw
+    for depth, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            prefix = ".".join(parents[: depth + 1])
+            raise UserError(f"{source}: {prefix} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def _describe(error: ValidationError) -> str:
+    """One line for all validation problems, each naming its key."""
+    return "; ".join(_describe_one(detail) for detail in error.errors())
+
+
+def _describe_one(detail: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in detail["loc"])
+    if detail["type"] == "extra_forbidden":
+        return f"unknown config key '{key}'{_suggestion(detail['loc'])}"
+    if detail["type"] == "value_error":
+        return str(detail["ctx"]["error"]) if "ctx" in detail else detail["msg"]
+    value = detail.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"config key '{key}': {detail['msg'].lower()}{shown}"
+
+
+def _suggestion(loc: tuple) -> str:
+    """' (did you mean 'model.n_layer'?)' for a misspelt key, else ''."""
+    section: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = section.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        section = annotation
+    close = difflib.get_close_matches(str(loc[-1]), section.model_fields, n=1, cutoff=0.6)
+    if not close:
+        return f"; valid keys here: {', '.join(section.model_fields)}"
+    return f" (did you mean '{'.'.join(map(str, loc[:-1] + (close[0],)))}'?)"

@@ -1,0 +1,84 @@
+"""Files and folders written so that nothing is ever half-written.
+
+Everything goes to a temporary name beside its target first and is renamed into place when
+complete: a rename within a folder is atomic, so a kill at any instant leaves the old file (or
+folder) or the new one, never a mix. The temporary names carry the process id, so two processes
+never write through the same one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def replace_file(path: Path, write: Callable[[Path], None]) -> None:
+    """Create or replace ``path`` with what ``write(temporary)`` writes to a temporary file."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)  # a no-op once renamed
+
+
+def write_text(path: Path, text: str) -> None:
+    """Create or replace the UTF-8 text file ``path``."""
+    replace_file(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+@contextmanager
+def staging_folder(out: Path) -> Iterator[Path]:
+    """A fresh folder ``OUT.tmp-<pid>`` beside ``out`` to write into; removed if anything fails
+    before :func:`publish_folder` renames it."""
+    staging = sibling(out, "tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # a no-op once published
+
+
+def publish_folder(staging: Path, out: Path) -> None:
+    """Flush a finished staging folder to disk and rename it to ``out``. An earlier, non-empty
+    ``out`` is renamed aside first and removed only once the new one is in place."""
+    for file in staging.iterdir():
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        os.replace(staging, out)
+        return
+    old = sibling(out, "old")
+    out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old)
+
+
+def sibling(out: Path, label: str) -> Path:
+    """``OUT.label-<pid>``: a name beside ``out`` that no other process and no trainer uses."""
+    out = out.absolute()
+    return out.with_name(f"{out.name}.{label}-{os.getpid()}")
+
+
+def sha256(*paths: Path) -> str:
+    """SHA-256 of the files' bytes, one after the other, read a MiB at a time."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def use_default_permissions(path: Path) -> None:
+    """safetensors creates files readable by their owner only; give this one the permissions any
+    new file gets (rw-r--r-- under the usual umask), so the weights can be shared like the rest."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)

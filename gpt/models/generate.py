@@ -1,0 +1,326 @@
+"""Text generation: sample a continuation of a prompt one token at a time.
+
+Three layers, each usable on its own:
+
+* :func:`generate` yields the next token of every sample in a batch, step by step. A model with a
+  KV cache (GPT) feeds each new token once and reuses the keys and values of the tokens before it;
+  any other model (the MLP and CNN baselines, or GPT with ``use_cache=False``) is re-run over the
+  last ``block_size`` tokens for every new token.
+* :func:`sample_next_tokens` picks the next tokens from the logits: greedy at temperature 0, else
+  softmax(logits / temperature) restricted to the ``top_k`` most likely tokens and to the smallest
+  set of tokens whose probabilities add up to ``top_p`` (nucleus sampling, Holtzman et al., 2019).
+* :func:`generate_text` turns the tokens into text as it becomes final, for streaming, and stops
+  each sample at the end-of-text token or a stop string.
+
+The sliding window
+------------------
+GPT's positions are learned embeddings for positions 0..block_size-1, so once the context holds
+``block_size`` tokens a new token cannot be appended to the cache. Recomputing drops the oldest
+token and re-runs the model over the last ``block_size`` tokens for every new token. The cached
+path instead refills the cache with the last ``block_size // 2`` tokens (one forward pass over
+them) and goes on appending, so each refill buys ``block_size // 2`` cheap steps; its context
+therefore ranges from half a block to a full block. Both paths see the same tokens, and pick the
+same greedy tokens, until the context first overflows; after that their contexts differ, and so
+may their tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+
+from gpt.base.errors import UserError
+from gpt.data.tokenizer import Tokenizer
+from gpt.models.lm import LanguageModel
+
+REPLACEMENT_CHAR = "\ufffd"  # what decoding shows for the bytes of an incomplete character
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How the next token is chosen from the model's logits."""
+
+    temperature: float = 1.0  # 0: always the most likely token (greedy)
+    top_k: int | None = None  # sample among the k most likely tokens only
+    top_p: float | None = None  # sample among the most likely tokens holding this much probability
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise UserError(
+                f"temperature must be 0 or more (got {self.temperature}); use 0 for greedy decoding"
+            )
+        if self.top_k is not None and self.top_k < 1:
+            raise UserError(
+                f"top-k must be 1 or more (got {self.top_k}); leave it unset for no limit"
+            )
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise UserError(f"top-p must be in (0, 1] (got {self.top_p}); 1 keeps every token")
+
+
+def sample_next_tokens(
+    logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The next token of every row of ``logits`` (B, vocab): a LongTensor (B,)."""
+    if settings.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / settings.temperature
+    if settings.top_k is not None:
+        logits = _keep_top_k(logits, settings.top_k)
+    if settings.top_p is not None:
+        logits = _keep_top_p(logits, settings.top_p)
+    probabilities = logits.softmax(dim=-1)
+    return torch.multinomial(probabilities, num_samples=1, generator=generator).squeeze(1)
+
+
+def _keep_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    kth_largest = logits.topk(min(k, logits.size(-1)), dim=-1).values[:, -1:]
+    return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def _keep_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the most likely tokens until their probabilities add up to ``p`` (at least one)."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probabilities = sorted_logits.softmax(dim=-1)
+    mass_before = probabilities.cumsum(dim=-1) - probabilities  # of the tokens ranked above each
+    sorted_logits = sorted_logits.masked_fill(mass_before >= p, float("-inf"))
+    return logits.scatter(-1, order, sorted_logits)
+
+
+class RecomputedContext:
+    """Runs the whole model over the last ``block_size`` tokens for every new token."""
+
+    def __init__(self, model: LanguageModel, prompt: torch.Tensor):
+        self.model = model
+        self.tokens = prompt[:, -model.block_size :]
+        self.logits = self._last_logits()
+
+    @torch.inference_mode()
+    def append(self, next_tokens: torch.Tensor) -> None:
+        """Add one token per row and compute the logits for the token after it."""
+        self.tokens = torch.cat([self.tokens, next_tokens[:, None]], dim=1)
+        self.tokens = self.tokens[:, -self.model.block_size :]
+        self.logits = self._last_logits()
+
+    @torch.inference_mode()
+    def _last_logits(self) -> torch.Tensor:
+        logits, _ = self.model(self.tokens)
+        return logits[:, -1]
+
+
+class CachedContext:
+    """Feeds each new token once through GPT's KV cache; refills it when it is full.
+
+    ``tokens`` are the tokens whose keys and values the cache holds (see the module docstring for
+    the sliding window).
+    """
+
+    def __init__(self, model: LanguageModel, prompt: torch.Tensor):
+        self.model = model
+        self.tokens = prompt[:, -model.block_size :]
+        self.logits = self._feed_into_new_cache()
+
+    @torch.inference_mode()
+    def append(self, next_tokens: torch.Tensor) -> None:
+        """Add one token per row and compute the logits for the token after it."""
+        self.tokens = torch.cat([self.tokens, next_tokens[:, None]], dim=1)
+        if self.cache.length == self.model.block_size:
+            self.tokens = self.tokens[:, -max(1, self.model.block_size // 2) :]
+            self.logits = self._feed_into_new_cache()
+        else:
+            logits, _ = self.model(next_tokens[:, None], cache=self.cache)
+            self.logits = logits[:, -1]
+
+    @torch.inference_mode()
+    def _feed_into_new_cache(self) -> torch.Tensor:
+        self.cache = self.model.new_cache(self.tokens.size(0))
+        logits, _ = self.model(self.tokens, cache=self.cache)
+        return logits[:, -1]
+
+
+def check_lengths(max_new_tokens: int, num_samples: int) -> None:
+    if max_new_tokens < 1:
+        raise UserError(f"max-new-tokens must be 1 or more (got {max_new_tokens})")
+    if num_samples < 1:
+        raise UserError(f"num-samples must be 1 or more (got {num_samples})")
+
+
+def check_stop_strings(stop_strings: Sequence[str]) -> None:
+    if any(not stop for stop in stop_strings):
+        raise UserError("a stop string is empty; give a non-empty one or none")
+
+
+def generate(
+    model: LanguageModel,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    settings: SamplingSettings = SamplingSettings(),
+    *,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    vocab_size: int | None = None,
+) -> Iterator[list[int]]:
+    """Yield the next token of each of ``num_samples`` continuations of the prompt, step by step.
+
+    All samples run together as one batch for up to ``max_new_tokens`` steps; stop iterating to
+    stop early. A prompt longer than ``model.block_size`` is cropped to its last ``block_size``
+    tokens. ``use_cache`` uses the KV cache where the model has one (GPT). ``vocab_size`` keeps ids
+    at or above it (padding rows of the output layer) from being sampled. ``generator`` makes the
+    sampling reproducible; it must live on the model's device. The model is put in eval mode.
+    """
+    check_lengths(max_new_tokens, num_samples)
+    if not prompt_ids:
+        raise UserError("the prompt is empty; give at least one token to start from")
+    model.eval()
+    device = next(model.parameters()).device
+    prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+    prompt = prompt.expand(num_samples, -1)
+    has_cache = hasattr(model, "new_cache")
+    context = (CachedContext if use_cache and has_cache else RecomputedContext)(model, prompt)
+    for step in range(max_new_tokens):
+        with torch.inference_mode():
+            next_tokens = sample_next_tokens(context.logits[:, :vocab_size], settings, generator)
+        yield next_tokens.tolist()
+        if step + 1 < max_new_tokens:
+            context.append(next_tokens)
+
+
+@dataclass
+class Continuation:
+    """One sample's new tokens and their text, decoded as the tokens arrive.
+
+    A token can end in the middle of a multi-byte character (byte-level BPE splits characters into
+    bytes); decoding then ends in U+FFFD, and that text is held back until the character is whole.
+    Each step decodes only the tokens since the text last grew, plus the tokens of the piece before
+    for context (the scheme of Hugging Face's text-generation-inference): decoded with and without
+    the newest tokens, the difference is the new text. ``text`` is exactly the concatenation of the
+    pieces :meth:`add` and :meth:`flush` return.
+    """
+
+    tokenizer: Tokenizer
+    stop_strings: Sequence[str] = ()
+    ids: list[int] = field(default_factory=list)  # every token taken but the end-of-text token
+    text: str = ""  # cut right after a stop string, even inside the token that completed it
+    finished: bool = False
+    _decoded: int = field(default=0, init=False)  # ids[:_decoded] are in text
+    _context: int = field(
+        default=0, init=False
+    )  # ids[_context:_decoded]: decoded again, for context
+
+    def add(self, token: int) -> str:
+        """Take the next token; return the text that became final (often '', sometimes several
+        characters). The end-of-text token or a stop string finishes the continuation."""
+        if token == self.tokenizer.eot_id:
+            return self.flush()
+        self.ids.append(token)
+        known = self.tokenizer.decode(self.ids[self._context : self._decoded])
+        extended = self.tokenizer.decode(self.ids[self._context :])
+        if extended.endswith(REPLACEMENT_CHAR) or len(extended) <= len(known):
+            return ""
+        self._context, self._decoded = self._decoded, len(self.ids)
+        return self._append(extended[len(known) :])
+
+    def flush(self) -> str:
+        """Finish: return the text still held back, even an incomplete character's U+FFFD."""
+        self.finished = True
+        known = self.tokenizer.decode(self.ids[self._context : self._decoded])
+        extended = self.tokenizer.decode(self.ids[self._context :])
+        self._decoded = len(self.ids)
+        return self._append(extended[len(known) :])
+
+    def _append(self, new_text: str) -> str:
+        """Add ``new_text``, cut after the first stop string, and return what was added."""
+        search_from = max(0, len(self.text) - max(map(len, self.stop_strings), default=0))
+        self.text += new_text
+        ends = [
+            found + len(stop)
+            for stop in self.stop_strings
+            if (found := self.text.find(stop, search_from)) >= 0
+        ]
+        if not ends:
+            return new_text
+        self.finished = True
+        kept = min(ends) - (len(self.text) - len(new_text))
+        self.text = self.text[: min(ends)]
+        return new_text[:kept]
+
+
+class TextPiece(NamedTuple):
+    """New text of one sample; ``finished`` on the sample's last piece."""
+
+    sample: int
+    text: str
+    finished: bool
+    num_tokens: int  # the tokens this sample has generated so far, a stopping token included
+
+
+def generate_text(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    settings: SamplingSettings = SamplingSettings(),
+    *,
+    num_samples: int = 1,
+    stop_strings: Sequence[str] = (),
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> Iterator[TextPiece]:
+    """Yield the continuations' text as it becomes final, for streaming.
+
+    Each sample stops on its own, at the end-of-text token (not shown), after the first of
+    ``stop_strings`` in its continuation (shown), or after ``max_new_tokens`` tokens; the batch
+    stops when all have. Finished samples still ride along in the batch until then, unseen.
+    Concatenating a sample's pieces gives its whole continuation.
+    """
+    check_stop_strings(stop_strings)
+    continuations = [Continuation(tokenizer, stop_strings) for _ in range(num_samples)]
+    tokens = generate(
+        model,
+        prompt_ids,
+        max_new_tokens,
+        settings,
+        num_samples=num_samples,
+        generator=generator,
+        use_cache=use_cache,
+        vocab_size=tokenizer.vocab_size,
+    )
+    for step, next_tokens in enumerate(tokens, start=1):
+        for sample, (continuation, token) in enumerate(
+            zip(continuations, next_tokens, strict=True)
+        ):
+            if continuation.finished:
+                continue
+            text = continuation.add(token)
+            if text or continuation.finished:
+                yield TextPiece(sample, text, continuation.finished, step)
+        if all(continuation.finished for continuation in continuations):
+            return
+    for sample, continuation in enumerate(continuations):
+        if not continuation.finished:
+            yield TextPiece(sample, continuation.flush(), True, max_new_tokens)
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """The prompt's token ids; an empty prompt starts from a document boundary.
+
+    That is the end-of-text token for BPE, and for a character vocabulary a newline, the nearest
+    thing to a fresh start it has.
+    """
+    unknown = tokenizer.unknown_chars(prompt)
+    if unknown:
+        shown = ", ".join(repr(char) for char in unknown[:20])
+        raise UserError(
+            f"the prompt has {len(unknown)} character(s) the model's char tokenizer does not know: "
+            f"{shown}; remove or replace them"
+        )
+    if prompt:
+        return tokenizer.encode(prompt)
+    if tokenizer.eot_id is not None:
+        return [tokenizer.eot_id]
+    if tokenizer.unknown_chars("\n"):
+        raise UserError("the prompt is empty and this char vocabulary has no newline to start from")
+    return tokenizer.encode("\n")

@@ -1,0 +1,216 @@
+"""GPT: a GPT-2-style decoder-only transformer, its KV cache for generation, and ``build_model``.
+
+The model, for a batch of token ids ``idx`` of shape (B, T)::
+
+    x = dropout(token_embedding[idx] + position_embedding[0..T-1])      # (B, T, n_embd)
+    for each of n_layer blocks:                                         # pre-LayerNorm residual
+        x = x + dropout(attention(LayerNorm(x)))                        #   causal, multi-head
+        x = x + dropout(W2 · GELU(W1 · LayerNorm(x)))                   #   4x wide MLP
+    logits = LayerNorm(x) · token_embedding^T                           # (B, T, vocab)
+
+``model.residual: false`` drops the ``x +`` of both lines, and ``model.norm: none`` the LayerNorms,
+for the depth lesson (configs/experiments/depth.yaml). The output head shares its matrix with the
+token embedding (weight tying, Press & Wolf, 2017).
+Attention runs through ``F.scaled_dot_product_attention``, which picks a fused or flash kernel
+where one is available. GELU is by default the exact one, x·Φ(x), rather than GPT-2's tanh
+approximation: the two differ by less than 1e-3 and a model trained from scratch does not care, but
+PyTorch's CPU kernel for the exact form is about 2.4 times faster, which makes the whole training
+step of the small CPU config several percent faster (bench/README.md). ``model.activation:
+gelu_tanh`` selects the approximation, which pretrained GPT-2 weights need (gpt/gpt2.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpt.base.config import ModelConfig
+from gpt.models.baselines import CNNLanguageModel, MLPLanguageModel
+from gpt.models.lm import LanguageModel, norm_layer
+
+
+class KVCache:
+    """The keys and values of the tokens fed so far, for every layer, so that generating a token
+    costs one position's work instead of re-running the whole context.
+
+    The tensors are allocated once at their full length (B, n_head, block_size, head_dim) per layer;
+    ``length`` counts the positions filled. :meth:`GPT.forward` advances it.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        n_head: int,
+        block_size: int,
+        head_dim: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        shape = (n_layer, batch_size, n_head, block_size, head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def update(
+        self, layer: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new positions' keys and values of ``layer``; return all of them so far."""
+        end = self.length + keys.size(2)
+        self.keys[layer, :, :, self.length : end] = keys
+        self.values[layer, :, :, self.length : end] = values
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def causal_mask(self, new_positions: int) -> torch.Tensor | None:
+        """(new, length + new) booleans: a new token sees every cached position and itself.
+
+        None for a single new token, the common case when generating: it sees every position, so
+        attention needs no mask, and leaving it out makes a decoding step 10-20% faster on a CPU.
+        """
+        if new_positions == 1:
+            return None
+        total = self.length + new_positions
+        mask = torch.ones(new_positions, total, dtype=torch.bool, device=self.keys.device)
+        return mask.tril(diagonal=self.length)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.residual_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.residual_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
+        batch, time, width = x.shape
+        q, k, v = (self._split_heads(t) for t in self.qkv(x).split(width, dim=2))
+        dropout_p = self.dropout if self.training else 0.0
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:
+            mask = cache.causal_mask(time)
+            k, v = cache.update(layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).reshape(batch, time, width)  # heads side by side again
+        return self.residual_dropout(self.residual_proj(y))
+
+    def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_embd) -> (B, n_head, T, head_dim), a view."""
+        batch, time, width = t.shape
+        return t.view(batch, time, self.n_head, width // self.n_head).transpose(1, 2)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.residual_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.gelu_approximation = "tanh" if config.activation == "gelu_tanh" else "none"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.gelu(self.fc(x), approximate=self.gelu_approximation)
+        return self.dropout(self.residual_proj(hidden))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.residual = config.residual
+        self.attention_norm = norm_layer(config, config.n_embd)
+        self.attention = CausalSelfAttention(config)
+        self.feed_forward_norm = norm_layer(config, config.n_embd)
+        self.feed_forward = FeedForward(config)
+
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
+        x = self._add(x, self.attention(self.attention_norm(x), cache, layer))
+        return self._add(x, self.feed_forward(self.feed_forward_norm(x)))
+
+    def _add(self, x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        """x + update along the residual path; without one (``model.residual: false``), update."""
+        return x + update if self.residual else update
+
+
+class GPT(LanguageModel):
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd)
+        self.position_embedding = nn.Embedding(config.block_size, config.n_embd)
+        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.final_norm = norm_layer(config, config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.token_embedding.weight  # weight tying
+        self.init_weights()
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab) for token ids ``idx`` (B, T), and the loss if ``targets`` are given.
+
+        With a ``cache``, ``idx`` holds the next tokens after the ``cache.length`` already fed; they
+        see those through the cache, which is then extended by them.
+        """
+        start = 0 if cache is None else cache.length
+        time = idx.size(1)
+        if start + time > self.block_size:
+            raise ValueError(
+                f"cannot feed {time} tokens at position {start}: the model's context is "
+                f"block_size={self.block_size} tokens"
+            )
+        positions = self.position_embedding.weight[start : start + time]  # rows start..start+T-1
+        x = self.embedding_dropout(self.token_embedding(idx) + positions)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        logits = self.lm_head(self.final_norm(x))
+        if cache is not None:
+            cache.length += time
+        return logits, None if targets is None else self.loss(logits, targets)
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        """An empty KV cache for generating ``batch_size`` sequences with this model."""
+        config = self.config
+        weight = self.token_embedding.weight
+        return KVCache(
+            n_layer=config.n_layer,
+            batch_size=batch_size,
+            n_head=config.n_head,
+            block_size=config.block_size,
+            head_dim=config.n_embd // config.n_head,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+
+    def flops_per_token(self) -> float:
+        """6 FLOPs per matrix weight (see the base class) plus attention's own products.
+
+        Per layer and token, the scores q·k and the weighted sum of values each take n_embd
+        multiply-adds per context position: 4 · n_embd · block_size FLOPs forward, three times that
+        with the backward pass. This is the PaLM / nanoGPT estimate, 6N + 12 · n_layer · n_embd ·
+        block_size, which counts the full context rather than the causal half.
+        """
+        config = self.config
+        attention = 12 * config.n_layer * config.n_embd * config.block_size
+        return super().flops_per_token() + attention
+
+
+_ARCHITECTURES: dict[str, type[LanguageModel]] = {
+    "gpt": GPT,
+    "mlp": MLPLanguageModel,
+    "cnn": CNNLanguageModel,
+}
+
+
+def build_model(config: ModelConfig) -> LanguageModel:
+    """The model ``config.arch`` names, freshly initialised; ``config.vocab_size`` must be set."""
+    return _ARCHITECTURES[config.arch](config)

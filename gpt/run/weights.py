@@ -1,0 +1,122 @@
+"""A run's weights: ``model.safetensors`` (the best weights, the model config in its metadata, so
+the file alone rebuilds the model) and the weights inside a checkpoint, loaded with the run's
+tokenizer for sampling, evaluation and export. Nothing here unpickles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+
+from gpt.base.config import ModelConfig
+from gpt.base.errors import UserError, one_line
+from gpt.base.files import replace_file, use_default_permissions
+from gpt.data.tokenizer import Tokenizer, load_tokenizer
+from gpt.models.gpt import build_model
+from gpt.models.lm import LanguageModel
+from gpt.run.checkpoints import TRAINER_STATE_FILE, read_trainer_state, saved_model_config
+from gpt.run.folder import TOKENIZER_FILE, WEIGHTS_FILE
+
+
+def save_model(
+    path: str | Path, model: LanguageModel, metadata: dict[str, str] | None = None
+) -> None:
+    """Write ``model``'s weights and config to a safetensors file, atomically.
+
+    ``metadata`` goes into the file's header beside the config: the trainer records the ``step``
+    and ``val_loss`` of the best weights there.
+    """
+    metadata = {**(metadata or {}), "model_config": model.config.model_dump_json()}
+
+    def write(temporary: Path) -> None:
+        safetensors.torch.save_model(model, str(temporary), metadata=metadata)
+        use_default_permissions(temporary)
+
+    replace_file(Path(path), write)
+
+
+def load_model(path: str | Path, config: ModelConfig | None = None) -> LanguageModel:
+    """Rebuild a model from a weights file; ``config`` is needed only if the file lacks one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist; train a model first")
+    try:
+        metadata = _metadata(path)
+        if config is None:
+            config = ModelConfig.model_validate_json(metadata["model_config"])
+        model = build_model(config)
+        safetensors.torch.load_model(model, str(path), strict=True)
+    except (safetensors.SafetensorError, OSError, KeyError, ValueError, RuntimeError) as error:
+        raise UserError(
+            f"{path} is not a complete weights file ({one_line(error)}); "
+            "it may be truncated or corrupt: use another checkpoint or retrain"
+        ) from None
+    return model
+
+
+def _metadata(weights: Path) -> dict[str, str]:
+    with safetensors.safe_open(str(weights), framework="pt") as opened:
+        return opened.metadata() or {}
+
+
+def load_trained(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[LanguageModel, Tokenizer]:
+    """The model and tokenizer of a training output folder (best weights) or of one checkpoint."""
+    weights, checkpoint = _locate_weights(Path(path))
+    if checkpoint is not None:  # a checkpoint inside OUT_DIR/checkpoints/
+        model = load_model(weights, saved_model_config(checkpoint))
+        tokenizer_path = checkpoint.parent.parent / TOKENIZER_FILE
+    else:
+        model = load_model(weights)
+        tokenizer_path = weights.parent / TOKENIZER_FILE
+    if not tokenizer_path.is_file():
+        raise UserError(
+            f"{tokenizer_path} is missing: the training output folder is incomplete; copy the "
+            "tokenizer.json of the data the model was trained on there"
+        )
+    tokenizer = load_tokenizer(tokenizer_path)
+    if tokenizer.vocab_size > model.config.vocab_size:  # a padded, larger model vocabulary is fine
+        raise UserError(
+            f"{tokenizer_path} has {tokenizer.vocab_size} tokens but the model has a vocabulary of "
+            f"{model.config.vocab_size}: it is not the tokenizer the weights were trained with; "
+            "copy the tokenizer.json of the data the model was trained on there"
+        )
+    return model.to(device).eval(), tokenizer
+
+
+def describe_trained(path: str | Path) -> str:
+    """Which weights :func:`load_trained` reads from ``path``, and when they were saved, in words.
+
+    ``OUT/model.safetensors: step 1200, val loss 1.5901 (the best so far)``, or for a checkpoint
+    ``OUT/checkpoints/step_0000400: step 400 (best val loss by then 1.7012)``; a weights file saved
+    before the step was recorded says ``step unknown``.
+    """
+    weights, checkpoint = _locate_weights(Path(path))
+    if checkpoint is not None:
+        state = read_trainer_state(checkpoint)
+        best = state.get("best_val_loss")
+        by_then = f" (best val loss by then {best:.4f})" if isinstance(best, float) else ""
+        return f"{checkpoint}: step {state.get('step', 'unknown')}{by_then}"
+    metadata = _metadata(weights)
+    if "step" not in metadata:
+        return f"{weights}: step unknown (the file does not record it)"
+    val_loss = float(metadata["val_loss"])
+    return f"{weights}: step {metadata['step']}, val loss {val_loss:.4f} (the best so far)"
+
+
+def _locate_weights(path: Path) -> tuple[Path, Path | None]:
+    """The weights file that ``path`` names, and the checkpoint folder it is in (None for a
+    training output folder's best weights)."""
+    if (path / TRAINER_STATE_FILE).is_file():
+        return path / WEIGHTS_FILE, path
+    if (path / WEIGHTS_FILE).is_file():
+        return path / WEIGHTS_FILE, None
+    if path.is_dir():
+        raise UserError(
+            f"{path} holds no {WEIGHTS_FILE}; pass a training output folder after its first "
+            "evaluation, or one of its checkpoints/step_* folders"
+        )
+    raise UserError(f"checkpoint {path} does not exist; pass a training output folder")

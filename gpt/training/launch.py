@@ -1,0 +1,85 @@
+"""Whether a launch will train as it says: checks of the process's environment, before any work.
+
+``accelerate launch`` hands its choices to the processes it starts in environment variables, and
+some combinations run without a complaint but not as asked:
+
+* several processes asked of accelerate's single-process launcher (``--num_processes 2`` without
+  ``--multi_gpu``, several machines without it, or a MULTI_CPU config without mpirun): each
+  launcher starts one process that trains alone;
+* FSDP or DeepSpeed on the CPU: accelerate falls back to plain, unsharded DDP;
+* fp16 on the CPU: accelerate autocasts to fp16 on GPUs only, so the run trains in fp32;
+* a launch whose mixed precision differs from ``train.mixed_precision``: the trainer passes its
+  own setting to accelerate, which then ignores the launch's.
+
+Each of these is refused with a :class:`UserError` naming the fix, before a process group forms
+(so every process of a launch refuses on its own, none waits for the others).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import torch
+
+from gpt.base.config import TrainConfig
+from gpt.base.errors import UserError
+
+_MPI_WORLD_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def runs_on_cpu(train: TrainConfig) -> bool:
+    """Where the trainer runs: on the CPU if asked to, or if there is no accelerator."""
+    return train.cpu or not torch.accelerator.is_available()
+
+
+def check_launch(train: TrainConfig, environ: Mapping[str, str] = os.environ) -> None:
+    """Refuse a launch that would train otherwise than asked (see the module's docstring)."""
+    on_cpu = runs_on_cpu(train)
+    _check_process_count(environ)
+    _check_sharding(environ, on_cpu)
+    _check_mixed_precision(train, environ, on_cpu)
+
+
+def _check_process_count(environ: Mapping[str, str]) -> None:
+    """accelerate's single-process launcher (the one that sets ACCELERATE_USE_CPU) sets
+    MASTER_PORT only when asked for several processes or machines, and then still starts one."""
+    single_process_launcher = "ACCELERATE_USE_CPU" in environ
+    asked_for_several = "MASTER_PORT" in environ
+    started_several = "WORLD_SIZE" in environ or any(name in environ for name in _MPI_WORLD_SIZES)
+    if single_process_launcher and asked_for_several and not started_several:
+        raise UserError(
+            "accelerate launch was asked for several processes but started this one process alone "
+            "(--num_processes or --num_machines without --multi_gpu, or a MULTI_CPU config "
+            "without mpirun); launch with --multi_gpu --num_processes N, on CPUs too, or with "
+            "--config_file configs/accelerate/cpu_ddp_2proc.yaml"
+        )
+
+
+def _check_sharding(environ: Mapping[str, str], on_cpu: bool) -> None:
+    for variable, name in (
+        ("ACCELERATE_USE_FSDP", "FSDP"),
+        ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"),
+    ):
+        if on_cpu and environ.get(variable, "false").lower() == "true":
+            raise UserError(
+                f"the launch asks for {name}, which shards the model over GPUs, but this run is on "
+                "the CPU (train.cpu=true or no GPU), where accelerate would run plain DDP instead; "
+                "launch on GPUs, or with --config_file configs/accelerate/cpu_ddp_2proc.yaml"
+            )
+
+
+def _check_mixed_precision(train: TrainConfig, environ: Mapping[str, str], on_cpu: bool) -> None:
+    if on_cpu and train.mixed_precision == "fp16":
+        raise UserError(
+            "train.mixed_precision=fp16 needs a GPU: on the CPU accelerate would silently train in "
+            "fp32; use train.mixed_precision=bf16 or no on the CPU"
+        )
+    launched = environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launched not in ("no", train.mixed_precision):
+        raise UserError(
+            f"the launch asks for mixed precision {launched} but train.mixed_precision="
+            f"{train.mixed_precision}, which is what the trainer uses; set "
+            f"train.mixed_precision={launched}, or launch with --mixed_precision "
+            f"{train.mixed_precision}"
+        )

@@ -1,0 +1,695 @@
+"""The training loop, one code path from a laptop CPU to many GPUs on many machines.
+
+:mod:`accelerate` owns devices, process groups, mixed precision, gradient accumulation (gradients
+are synchronised across processes on the last micro-step only) and the saving of state. This module
+owns what a step means:
+
+* batches come from :class:`gpt.data.tokens.TokenData`, keyed by (seed, step, position in the global batch),
+  and so do the dropout masks: the global RNG is seeded from the same key before every micro-step.
+  So the split of the global batch over processes and micro-steps changes the result only where
+  it changes the micro-batches, and a resumed run repeats exactly what an uninterrupted one does;
+* the optimizer of ``train.optimizer`` (:mod:`gpt.training.optim`: AdamW by default), the global gradient
+  norm clipped, and the learning rate a pure function of the step (warmup, then cosine, linear or
+  constant decay), set before every step: the schedule has no state of its own to save, and a
+  resumed run follows the config it is given. With ``train.full_batch`` a step is on every window
+  of the training split instead, as L-BFGS needs;
+* every ``eval_interval`` steps the mean train and val loss over fixed held-out windows; the best-val
+  weights are kept as ``model.safetensors`` and ``early_stopping_patience`` evaluations without a new
+  best end the run;
+* checkpoints every ``checkpoint_interval`` steps, on SIGINT/SIGTERM and at the end. A non-finite
+  loss or gradient norm stops the run before the update is applied, and weights are checked to be
+  finite before anything is saved, so every checkpoint holds finite weights.
+
+A run resumes from the newest intact checkpoint (:mod:`gpt.training.resume` sets damaged ones aside), or
+starts fresh in an output folder of its own: an earlier run's files are moved to ``earlier_runs/``,
+never mixed in. A process of a multi-process run that loses contact with the others stops with one
+line instead of a traceback. What the run prints is :mod:`gpt.training.console`'s, and W&B is
+:mod:`gpt.training.tracking`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, set_seed
+from torch.distributed.tensor import DTensor
+
+from gpt.base.config import Config, TrainConfig, fit_warmup_to_run
+from gpt.base.errors import UserError, one_line
+from gpt.data.tokenizer import load_tokenizer
+from gpt.data.tokens import BatchSlice, TokenData
+from gpt.interop.gpt2 import load_gpt2, pretrained_model_config
+from gpt.models.gpt import build_model
+from gpt.run.folder import (
+    RUN_FACTS_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    MetricsLog,
+    latest_checkpoint,
+    move_earlier_run_aside,
+    tokens_per_step,
+    write_failed,
+    write_run_description,
+    write_run_facts,
+)
+from gpt.run.weights import save_model
+from gpt.training.checkpoint import (
+    WRITE_ERRORS,
+    check_model_shape,
+    load_checkpoint,
+    save_checkpoint,
+)
+from gpt.training.console import Console, RunFacts, end_of_run, startup_block
+from gpt.training.launch import runs_on_cpu
+from gpt.training.optim import build_optimizer
+from gpt.training.resume import resume
+from gpt.training.throughput import peak_flops, tf32_enabled, use_tf32
+from gpt.training.tracking import Tracking, new_run_id
+
+# accelerate warns at every checkpoint that it saved the tied embedding and head once; that is the
+# intended behaviour (loading re-ties them), so the warning is noise.
+logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+
+
+@dataclass
+class TrainState:
+    """What the loop needs beyond accelerate's state to resume; saved as trainer_state.json."""
+
+    step: int = 0
+    best_val_loss: float = math.inf
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    best_step: int | None = None  # the step of the best val loss
+    wandb_run_id: str | None = None  # the W&B run that a resumed run continues
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> TrainState:
+        """The state in a checkpoint's trainer_state.json (which holds more: the manifest, the
+        model config). A key that checkpoints of earlier versions lack keeps its default."""
+        return cls(
+            **{field.name: saved[field.name] for field in fields(cls) if field.name in saved}
+        )
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    best_val_loss: float
+    stopped_early: bool
+    stop_signal: int | None  # the SIGINT or SIGTERM that ended the run early, if one did
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 128 + the signal's number, as a shell reports a process the signal stopped."""
+        return 128 + self.stop_signal if self.stop_signal else 0
+
+
+def learning_rate(step: int, train: TrainConfig) -> float:
+    """Linear warmup from 0 to ``learning_rate``, then decay to ``min_lr`` at ``decay_iters``."""
+    if step < train.warmup_iters:
+        return train.learning_rate * (step + 1) / (train.warmup_iters + 1)
+    if train.lr_schedule == "constant":
+        return train.learning_rate
+    if step >= train.decay_iters:
+        return train.min_lr
+    progress = (step - train.warmup_iters) / max(1, train.decay_iters - train.warmup_iters)
+    if train.lr_schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        decay = 1.0 - progress
+    return train.min_lr + decay * (train.learning_rate - train.min_lr)
+
+
+def micro_batch_seed(seed: int, step: int, start: int) -> int:
+    """The RNG seed (for dropout) of the micro-batch at ``start`` in step ``step``'s global batch."""
+    return int(np.random.SeedSequence([seed, step, start]).generate_state(1, np.uint64)[0])
+
+
+class Trainer:
+    def __init__(self, config: Config, after_run: Callable[[Path], None] | None = None):
+        """``after_run(out_dir)`` runs on the main process once the run has ended or stopped
+        cleanly and its files are written (the train command writes the report there)."""
+        self.after_run = after_run
+        train, self._warmup_note = fit_warmup_to_run(config.train)  # a smoke run's short warmup
+        self.config = config = config.model_copy(update={"train": train})
+        model_config = config.model
+        if train.init_from is not None:  # the pretrained weights fix the shape (gpt/gpt2.py)
+            model_config = pretrained_model_config(config.model, train.init_from, config.data.dir)
+        self.data = TokenData(config.data.dir, model_config.block_size, config.data.train_fraction)
+        self.model_config = model_config.model_copy(
+            update={"vocab_size": self._vocab_size(model_config.vocab_size)}
+        )
+        self.out_dir = Path(train.out_dir)
+        wandb_mode = train.wandb.resolved_mode()
+        self.accelerator = Accelerator(
+            mixed_precision=train.mixed_precision,
+            gradient_accumulation_steps=train.gradient_accumulation_steps,
+            # Without an accelerator, accelerate builds a multi-process (gloo) group only when told
+            # to use the CPU; otherwise `accelerate launch` would start independent processes.
+            cpu=runs_on_cpu(train),
+            log_with="wandb" if wandb_mode != "disabled" else None,
+            project_dir=str(self.out_dir),
+            kwargs_handlers=[
+                InitProcessGroupKwargs(timeout=timedelta(minutes=train.distributed_timeout_minutes))
+            ],
+        )
+        self.device = self.accelerator.device
+        if train.full_batch and self.accelerator.num_processes > 1:
+            raise UserError(
+                f"train.full_batch=true (which train.optimizer=lbfgs needs) trains in one process, "
+                f"not {self.accelerator.num_processes}; run train.py without accelerate launch"
+            )
+        # train.full_batch: the whole training split as consecutive windows, every step
+        self.every_window = self.data.every_train_window() if train.full_batch else None
+        self.console = Console(self.accelerator.is_main_process)
+        use_tf32(train.tf32)
+        self.peak_flops = peak_flops(self.device, train.mixed_precision)
+        set_seed(train.seed)
+        if train.init_from is None:
+            model = build_model(self.model_config)
+        else:  # on resume, the checkpoint's weights replace these
+            model = load_gpt2(train.init_from, self.model_config)
+        self.flops_per_token = model.flops_per_token()
+        self.num_params = model.num_params()
+        optimizer = build_optimizer(model, train, self.device)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # Compile the prepared module, so saved state keeps the plain parameter names.
+        self.forward = torch.compile(self.model) if train.compile else self.model
+        self.state = TrainState()
+        self.metrics = MetricsLog(self.out_dir, self.accelerator.is_main_process)
+        self.tracking = Tracking(
+            self.accelerator, train.wandb, wandb_mode, self.out_dir, self.console.print
+        )
+        self._stop_signal: int | None = None
+
+    def _vocab_size(self, configured: int | None) -> int:
+        if configured is None:
+            return self.data.vocab_size
+        if configured < self.data.vocab_size:
+            raise UserError(
+                f"model.vocab_size={configured} is smaller than the data's vocabulary "
+                f"({self.data.vocab_size}); remove the key or raise it"
+            )
+        return configured
+
+    # ----- the run -------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        previous_handlers = self._catch_stop_signals()
+        try:
+            self._train()
+            return self._finish()  # the report takes seconds: a second Ctrl-C may come here too
+        except KeyboardInterrupt:
+            self.console.close_progress()
+            self.console.print(
+                f"stopped at once by a second interrupt at step {self.state.step}; "
+                f"{self._newest_checkpoint()}: run the same command again to resume from it"
+            )
+            raise
+        finally:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+
+    def _train(self) -> None:
+        try:
+            self._start()
+            if self.state.step == 0:
+                self._evaluate()
+            self._loop()
+            # The last collective of a run is an all_gather or all_reduce; with gloo, tearing the
+            # process group down right after one made a process abort at exit now and then.
+            self.accelerator.wait_for_everyone()
+        except RuntimeError as error:
+            if not self._lost_contact(error):
+                raise
+            raise self._lost_contact_error(error) from None
+        finally:
+            self.accelerator.end_training()
+
+    def _write_run_facts(self, interrupted: bool) -> None:
+        """run.json; a failure is one warning line, for the run itself has succeeded."""
+        facts = {
+            "step": self.state.step,
+            "processes": self.accelerator.num_processes,
+            "tokens_per_step": self._tokens_per_step(),
+            "stopped_early": self.state.stopped_early,
+            "interrupted": interrupted,
+        }
+        try:
+            write_run_facts(self.out_dir, facts)
+        except OSError as error:
+            print(f"warning: {RUN_FACTS_FILE} was not written ({one_line(error)})", file=sys.stderr)
+
+    def _finish(self) -> TrainResult:
+        """Write the report, and say how the run ended: finished, stopped early, or interrupted."""
+        train, state = self.config.train, self.state
+        finished = state.step >= train.max_iters or state.stopped_early
+        stop_signal = self._stop_signal if not finished else None
+        if self.accelerator.is_main_process:
+            self._write_run_facts(interrupted=stop_signal is not None)
+            if self.after_run is not None:  # the train command's report, in OUT_DIR/report/
+                self.after_run(self.out_dir)
+        ending, why, then = "finished", None, None
+        if state.stopped_early:
+            ending = "stopped early"
+            why = f"val loss did not improve for {train.early_stopping_patience} evaluations"
+        elif stop_signal:
+            ending, why = "interrupted", signal.Signals(stop_signal).name
+            then = "checkpoint saved: run the same command again to resume"
+        weights = str(self.out_dir / WEIGHTS_FILE)
+        self.console.print(
+            end_of_run(
+                ending,
+                state.step,
+                train.max_iters,
+                state.best_val_loss,
+                state.best_step,
+                weights,
+                why=why,
+                then=then,
+            )
+        )
+        return TrainResult(
+            self.out_dir, state.step, state.best_val_loss, state.stopped_early, stop_signal
+        )
+
+    def _loop(self) -> None:
+        train = self.config.train
+        self.console.start_progress(train.max_iters, self.state.step)
+        self._interval_start, self._interval_steps = time.perf_counter(), 0
+        try:
+            while self.state.step < train.max_iters and not self.state.stopped_early:
+                loss, grad_norm, stop_requested = self._train_step(self.state.step)
+                if not math.isfinite(loss):
+                    raise self._diverged(f"the loss became {loss}", self.state.step + 1)
+                if not math.isfinite(grad_norm) and not self._scaler_skips_overflows:
+                    raise self._diverged(
+                        f"the gradient norm became {grad_norm}", self.state.step + 1
+                    )
+                self.state.step += 1
+                self.console.advance()
+                self._after_step(loss, grad_norm, stop_requested)
+                if stop_requested:  # a process that was not signalled stops as if terminated
+                    self._stop_signal = self._stop_signal or signal.SIGTERM
+                    break
+        finally:
+            self.console.close_progress()
+
+    def _after_step(self, loss: float, grad_norm: float, stop: bool) -> None:
+        """Log, evaluate and checkpoint on their intervals, and always at the end."""
+        train, step = self.config.train, self.state.step
+        self._interval_steps += 1
+        finished = step == train.max_iters
+        if step % train.log_interval == 0 or finished:
+            elapsed = time.perf_counter() - self._interval_start
+            tokens_per_sec = self._tokens_per_step() * self._interval_steps / elapsed
+            lr = learning_rate(step - 1, train)  # the rate the step just taken used
+            self._log_train(step, loss, lr, grad_norm, tokens_per_sec)
+            self.console.log_step(step, loss, lr, tokens_per_sec)
+            self._interval_start, self._interval_steps = time.perf_counter(), 0
+        if step % train.eval_interval == 0 or finished:
+            self._evaluate()
+        if stop or finished or self.state.stopped_early or step % train.checkpoint_interval == 0:
+            self._check_weights_are_finite()
+            state = self._trainer_state()
+            save_checkpoint(self.accelerator, self.out_dir, state, train.keep_checkpoints)
+
+    def _tokens_per_step(self) -> int:
+        train = self.config.train
+        if self.every_window is not None:
+            return self.every_window[0].numel()
+        return tokens_per_step(
+            train.batch_size,
+            train.gradient_accumulation_steps,
+            self.model_config.block_size,
+            self.accelerator.num_processes,
+        )
+
+    def _train_step(self, step: int) -> tuple[float, float, bool]:
+        """One optimizer step, on a global batch or (``train.full_batch``) the whole training set.
+
+        Returns the loss averaged over the batch, the gradient norm before clipping, and whether
+        any process was asked to stop (so all processes agree to stop at the same step).
+        A non-finite gradient norm (the same on every process) skips the update.
+        """
+        train = self.config.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(step, train)
+        if train.full_batch:
+            loss, grad_norm = self._full_batch_step(step)
+        else:
+            loss, grad_norm = self._global_batch_step(step)
+        summary = torch.stack(
+            [
+                loss,
+                torch.as_tensor(grad_norm, dtype=torch.float32, device=self.device),
+                torch.tensor(float(self._stop_signal is not None), device=self.device),
+            ]
+        )
+        if self.accelerator.num_processes > 1:
+            summary = self.accelerator.reduce(summary, reduction="mean")
+        loss_value, grad_norm_value, stop = summary.tolist()
+        return loss_value, grad_norm_value, stop > 0
+
+    def _global_batch_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step over ``gradient_accumulation_steps`` micro-batches of this process's share of the
+        global batch; returns this process's mean loss and the (global) gradient norm."""
+        train = self.config.train
+        accelerator = self.accelerator
+        max_norm = train.grad_clip if train.grad_clip > 0 else math.inf
+        loss_sum = torch.zeros((), device=self.device)
+        grad_norm = torch.zeros((), device=self.device)
+        for micro_step in range(train.gradient_accumulation_steps):
+            part = self._batch_slice(micro_step)
+            inputs, targets = self._to_device(self.data.train_batch(train.seed, step, part))
+            torch.manual_seed(micro_batch_seed(train.seed, step, part.start))  # dropout masks
+            with accelerator.accumulate(self.model):
+                _, loss = self.forward(inputs, targets)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+                    if self._scaler_skips_overflows or torch.isfinite(grad_norm):
+                        self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+        return loss_sum / train.gradient_accumulation_steps, grad_norm
+
+    def _full_batch_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step on every training window (``train.full_batch``): gradient descent proper.
+
+        ``loss_and_gradients`` runs the windows through the model ``batch_size`` at a time and
+        leaves the gradient of their mean loss in ``.grad``. L-BFGS calls it itself, at the start
+        of the step and at every point its line search tries, with the same dropout masks each
+        time, so that it sees one function. Returns the loss and gradient norm at the start. (So
+        L-BFGS has moved the weights before the trainer sees a non-finite loss; the run still stops
+        there, and weights that are not finite are never saved.)
+        """
+        train = self.config.train
+        max_norm = train.grad_clip if train.grad_clip > 0 else math.inf
+        inputs, targets = self.every_window
+        evaluations = []
+
+        def loss_and_gradients() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=self.device)
+            for start in range(0, len(inputs), train.batch_size):
+                end = start + train.batch_size
+                chunk = self._to_device((inputs[start:end], targets[start:end]))
+                torch.manual_seed(micro_batch_seed(train.seed, step, start))  # dropout masks
+                _, loss = self.forward(*chunk)
+                share = len(chunk[0]) / len(inputs)
+                self.accelerator.backward(loss * share)
+                total += loss.detach() * share
+            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+            evaluations.append((total, grad_norm))
+            return total
+
+        if train.optimizer == "lbfgs":
+            self.optimizer.step(loss_and_gradients)
+        else:
+            loss_and_gradients()
+            if self._scaler_skips_overflows or torch.isfinite(evaluations[0][1]):
+                self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return evaluations[0]
+
+    @property
+    def _scaler_skips_overflows(self) -> bool:
+        """fp16's gradient scaler sees infinite gradients by design, skips the step and lowers
+        its scale; only without one is a non-finite gradient norm divergence."""
+        return self.accelerator.scaler is not None
+
+    def _batch_slice(self, micro_step: int) -> BatchSlice:
+        """This process's share of a global batch in ``micro_step``."""
+        return BatchSlice.for_micro_step(
+            self.config.train.batch_size,
+            self.config.train.gradient_accumulation_steps,
+            self.accelerator.num_processes,
+            self.accelerator.process_index,
+            micro_step,
+        )
+
+    def _to_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        if self.device.type == "cuda":
+            return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in batch)
+        return tuple(t.to(self.device) for t in batch)
+
+    # ----- evaluation and early stopping ---------------------------------------------------------
+
+    @torch.no_grad()
+    def _evaluate(self) -> None:
+        """Mean loss over ``eval_iters`` fixed global batches of each split.
+
+        An evaluation batch is a global batch like a training one, split over processes and
+        micro-steps the same way, so the loss is over the same windows however a run is split.
+        """
+        train = self.config.train
+        self.model.eval()
+        losses = {}
+        for split in ("train", "val"):
+            total = torch.zeros((), device=self.device)
+            for index in range(train.eval_iters):
+                for micro_step in range(train.gradient_accumulation_steps):
+                    part = self._batch_slice(micro_step)
+                    batch = self.data.eval_batch(split, train.seed, index, part)
+                    total += self.forward(*self._to_device(batch))[1].float()
+            mean = total / (train.eval_iters * train.gradient_accumulation_steps)
+            losses[split] = self.accelerator.reduce(mean, reduction="mean").item()
+        self.model.train()
+        self._record_evaluation(losses["train"], losses["val"])
+
+    def _record_evaluation(self, train_loss: float, val_loss: float) -> None:
+        step = self.state.step
+        improved = val_loss < self.state.best_val_loss
+        if improved:
+            self.state.best_val_loss, self.state.best_step = val_loss, step
+            self.state.evals_without_improvement = 0
+            self._save_best_weights()
+        else:
+            self.state.evals_without_improvement += 1
+        record = {
+            "step": step,
+            "kind": "eval",
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "best_val_loss": self.state.best_val_loss,
+        }
+        self.metrics.write(record)
+        self.tracking.log({"eval/train_loss": train_loss, "eval/val_loss": val_loss}, step)
+        self.console.print(
+            f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
+            + (" (best)" if improved else "")
+        )
+        patience = self.config.train.early_stopping_patience
+        if patience and self.state.evals_without_improvement >= patience:
+            self.state.stopped_early = True  # the end of the run says so
+
+    def _save_best_weights(self) -> None:
+        """Write the current weights as ``model.safetensors`` (gathered if sharded), with the step
+        and val loss they have, so that sampling can say which weights it uses."""
+        self._check_weights_are_finite()
+        state_dict = self.accelerator.get_state_dict(self.model)
+        if self.accelerator.is_main_process:
+            model = build_model(self.model_config)
+            model.load_state_dict(state_dict)
+            path = self.out_dir / WEIGHTS_FILE
+            saved_at = {"step": str(self.state.step), "val_loss": repr(self.state.best_val_loss)}
+            try:
+                save_model(path, model, saved_at)
+            except WRITE_ERRORS as error:
+                raise write_failed(
+                    f"the best weights {path}", one_line(error), self.out_dir
+                ) from None
+
+    # ----- starting: resume or a fresh output folder ----------------------------------------------
+
+    def _start(self) -> None:
+        """Resume as ``train.resume`` says, or start fresh; describe the run in its folder, start
+        tracking it, and say what it is.
+
+        Everything that could refuse the resume is checked before anything is written.
+        """
+        train = self.config.train
+        resumed = resume(self.accelerator, train.resume, self.out_dir, self._check, self._restore)
+        moved = None
+        if self.accelerator.is_main_process:
+            if resumed:
+                self.metrics.keep_until(self.state.step)
+            else:
+                moved = move_earlier_run_aside(self.out_dir)
+            write_run_description(self.out_dir, self._resolved_config(), self.data.tokenizer_path)
+        self.accelerator.wait_for_everyone()
+        # a checkpoint of an earlier version may lack the id: its W&B run cannot be continued
+        self.state.wandb_run_id = self.state.wandb_run_id or new_run_id()
+        config = self._resolved_config().model_dump(mode="json")
+        self.tracking.start(self.state.wandb_run_id, config)
+        if self.console.enabled:
+            self.console.print(startup_block(self._facts(self._how_it_starts(resumed, moved))))
+
+    def _how_it_starts(self, resumed: Path | None, moved: Path | None) -> str:
+        if resumed:
+            return f"resumed from {resumed} at step {self.state.step}"
+        start = "fresh"
+        if self.config.train.init_from:
+            start += f", from the weights in {self.config.train.init_from}"
+        if moved:
+            start += f"; moved the earlier run in {self.out_dir} to {moved}"
+        return start
+
+    def _facts(self, start: str) -> RunFacts:
+        train, accelerator = self.config.train, self.accelerator
+        device = self.device.type
+        if device == "cuda":
+            device += f" ({torch.cuda.get_device_name(self.device)})"
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        return RunFacts(
+            device=device,
+            processes=accelerator.num_processes,
+            machines=accelerator.num_processes // local_processes,
+            mixed_precision=train.mixed_precision,
+            tf32=tf32_enabled() if self.device.type == "cuda" else None,
+            arch=self.model_config.arch,
+            parameters=self.num_params,
+            batch_size=train.batch_size,
+            accumulation=train.gradient_accumulation_steps,
+            block_size=self.model_config.block_size,
+            full_batch_windows=None if self.every_window is None else len(self.every_window[0]),
+            data_dir=str(self.data.dir),
+            data_tokens=self.data.meta["tokens"],
+            train_fraction=self.config.data.train_fraction,
+            train_tokens=self.data.train_tokens,
+            out_dir=str(self.out_dir),
+            start=start,
+            warmup_note=self._warmup_note,
+            wandb=self.tracking.where(),
+        )
+
+    def _check(self, checkpoint: Path) -> None:
+        """Refuse a checkpoint of another model shape or tokenizer (a :class:`UserError`)."""
+        check_model_shape(checkpoint, self.model_config)
+        self._check_same_tokenizer(checkpoint.parent.parent / TOKENIZER_FILE)
+
+    def _restore(self, checkpoint: Path) -> None:
+        self.state = TrainState.from_saved(load_checkpoint(self.accelerator, checkpoint))
+
+    def _check_same_tokenizer(self, trained_with: Path) -> None:
+        """The same vocabulary size with another tokenizer would train on ids meaning other text."""
+        data_tokenizer = self.data.tokenizer_path
+        if not trained_with.is_file():
+            return
+        trained = load_tokenizer(trained_with).fingerprint()
+        if trained != load_tokenizer(data_tokenizer).fingerprint():
+            raise UserError(
+                f"the data's tokenizer {data_tokenizer} differs from {trained_with}, the one this "
+                "run was trained with; resume on the data it was trained on (or on data prepared "
+                f"with --tokenizer {trained_with}), or start a new run with train.resume=never or "
+                "another train.out_dir"
+            )
+
+    def _resolved_config(self) -> Config:
+        return self.config.model_copy(update={"model": self.model_config})
+
+    def _trainer_state(self) -> dict:
+        return {**asdict(self.state), "model_config": self.model_config.model_dump(mode="json")}
+
+    # ----- metrics -------------------------------------------------------------------------------
+
+    def _log_train(
+        self, step: int, loss: float, lr: float, grad_norm: float, tokens_per_sec: float
+    ) -> None:
+        record = {
+            "step": step,
+            "kind": "train",
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_sec": tokens_per_sec,
+            "mfu": self._mfu(tokens_per_sec),
+        }
+        self.metrics.write(record)
+        values = {f"train/{k}": v for k, v in record.items() if k not in ("step", "kind")}
+        self.tracking.log(values, step)
+
+    def _mfu(self, tokens_per_sec: float) -> float:
+        achieved = self.flops_per_token * tokens_per_sec
+        return achieved / (self.peak_flops * self.accelerator.num_processes)
+
+    # ----- stopping ------------------------------------------------------------------------------
+
+    def _catch_stop_signals(self) -> dict:
+        """The first SIGINT or SIGTERM ends the current step, saves a checkpoint and stops.
+
+        A second one of the same kind gets the handler from before this run: Python's, so a second
+        Ctrl-C raises KeyboardInterrupt and a second SIGTERM ends the process, at once.
+        """
+        previous = {}
+
+        def request_stop(signum, frame):
+            self._stop_signal = signum
+            signal.signal(signum, previous[signum])
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, request_stop) or signal.SIG_DFL
+        return previous
+
+    def _check_weights_are_finite(self) -> None:
+        """Defence in depth before any save: an update can overflow finite gradients (an absurd
+        learning rate, say) into infinite weights, which must never be saved."""
+        non_finite = sum(
+            (~torch.isfinite(_local(p.detach())).all()).float() for p in self.model.parameters()
+        )
+        if self.accelerator.reduce(non_finite, reduction="sum").item() > 0:
+            raise self._diverged("the update made the weights non-finite", self.state.step)
+
+    def _diverged(self, what: str, step: int) -> UserError:
+        return UserError(
+            f"training diverged at step {step}: {what}; stopped before saving anything from it; "
+            f"{self._newest_checkpoint()}, with finite weights; lower train.learning_rate, raise "
+            "train.warmup_iters or set train.grad_clip"
+        )
+
+    def _newest_checkpoint(self) -> str:
+        newest = latest_checkpoint(self.out_dir)
+        return (
+            f"the newest complete checkpoint is {newest}" if newest else "no checkpoint was saved"
+        )
+
+    def _lost_contact(self, error: RuntimeError) -> bool:
+        """Whether ``error`` says another process is gone. NCCL raises DistBackendError (a
+        DistError); gloo raises a plain RuntimeError that names its own source files."""
+        distributed = isinstance(error, torch.distributed.DistError) or "gloo" in str(error)
+        return self.accelerator.num_processes > 1 and distributed
+
+    def _lost_contact_error(self, error: RuntimeError) -> UserError:
+        accelerator = self.accelerator
+        reason = one_line(error)
+        return UserError(
+            f"rank {accelerator.process_index} of {accelerator.num_processes} lost contact with "
+            f"the other processes at step {self.state.step + 1} ({reason}); another process died "
+            f"or its machine is unreachable (see its log); {self._newest_checkpoint()}: run the "
+            "same command again on every machine to resume"
+        )
+
+
+def train(config: Config, after_run: Callable[[Path], None] | None = None) -> TrainResult:
+    return Trainer(config, after_run).run()
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a parameter that FSDP shards, else the parameter itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
