@@ -9,6 +9,7 @@ run; :func:`outcome` is what a run leaves that must be bitwise the same after an
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import mmap
 import os
@@ -76,10 +77,31 @@ class Setup:
 ONE, TWO, TWO_MACHINES = Setup(1), Setup(2), Setup(2, machines=2)
 
 
+_WORKER_PORTS = 1000
+_next_port = itertools.count()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port on loopback that nothing listens on now, for a launch's rendezvous.
+
+    Under pytest-xdist each worker hands out ports from a range of its own, below Linux's ephemeral
+    range (32768 on), where the kernel puts port-0 binds, so two workers never give out the same
+    port in the moment between choosing it and a launched process binding it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... under pytest-xdist
+    if not worker.startswith("gw"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    first = 20000 + _WORKER_PORTS * int(worker.removeprefix("gw"))
+    for _ in range(_WORKER_PORTS):
+        port = first + next(_next_port) % _WORKER_PORTS
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or still closing: the next one
+            return port
+    raise RuntimeError(f"no free port in {first}..{first + _WORKER_PORTS - 1}")
 
 
 def environment(**changes: str | None) -> dict[str, str]:

@@ -21,6 +21,21 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_caches(tmp_path_factory):
+    """Each test process (each pytest-xdist worker) its own W&B and datasets folders,
+    inherited by the commands it runs, so that workers never write one file at once."""
+    home = tmp_path_factory.mktemp("caches")
+    for variable, folder in [
+        ("WANDB_DIR", "wandb"),
+        ("WANDB_CACHE_DIR", "wandb-cache"),
+        ("WANDB_CONFIG_DIR", "wandb-config"),
+        ("WANDB_DATA_DIR", "wandb-data"),
+        ("HF_DATASETS_CACHE", "hf-datasets"),
+    ]:
+        os.environ[variable] = str(home / folder)
+
+
 def run_python(*args: str, cwd: Path = ROOT, timeout: float = 300, env: dict | None = None):
     """Run ``python ARGS`` like a user would; returns the CompletedProcess (text mode)."""
     return subprocess.run(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from bench.fault_runs import free_port
 from gpt.analysis.evaluation import count_bytes, score_tokens, window_ends
 from gpt.base.cli import run_cli
 from gpt.base.config import ModelConfig
@@ -293,7 +293,7 @@ def test_two_processes_score_like_one(folders):
     assert single.returncode == 0, single.stderr
     launch = [
         "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", free_port(),
+        "--num_machines", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
         "--mixed_precision", "no", "--dynamo_backend", "no",
     ]  # fmt: skip
     double = run_python(*launch, "-m", "gpt.evaluate", str(out), "--split", "val", "--json")
@@ -302,12 +302,6 @@ def test_two_processes_score_like_one(folders):
     assert two["processes"] == 2 and one["processes"] == 1
     assert two["tokens"] == one["tokens"]
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
-
-
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
 
 
 def test_console_scripts_are_declared():

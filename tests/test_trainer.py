@@ -3,7 +3,6 @@
 import json
 import math
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bench.fault_runs import free_port
 from gpt.base.config import TrainConfig
 from gpt.data.tokens import BatchSlice, TokenData
 from gpt.training.trainer import learning_rate
@@ -75,12 +75,6 @@ def accelerate_launch(machines: int, machine_rank: int, port: int) -> list[str]:
         "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
         "--mixed_precision", "no", "--dynamo_backend", "no",
     ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----- unit tests of the pieces ------------------------------------------------------------------
