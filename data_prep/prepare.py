@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from data_prep.sources import CHUNK_CHARS, DatasetCorpus, FileCorpus, utf8_length
 from data_prep.split import Fractions, Piece, split_pieces
+from gpt.downloads import gpt2_download_command
 from gpt.errors import UserError
 from gpt.files import publish_folder, staging_folder
 from gpt.tokenizer import (
@@ -111,6 +112,7 @@ def check_settings(settings: Settings) -> None:
             f"--val-fraction {settings.val_fraction} and --test-fraction {settings.test_fraction} "
             "leave nothing to train on; make their sum less than 1"
         )
+    _check_tokenizer_path(settings.tokenizer)
     vocab_size = settings.vocab_size
     if settings.tokenizer == "bpe" and vocab_size is not None:
         if not MIN_BPE_VOCAB <= vocab_size <= MAX_BPE_VOCAB:
@@ -129,6 +131,19 @@ def check_settings(settings: Settings) -> None:
             "--vocab-size cannot change an existing tokenizer's vocabulary; leave it out, "
             "or use --tokenizer bpe to train a new one"
         )
+
+
+def _check_tokenizer_path(tokenizer: str) -> None:
+    """A missing tokenizer folder is most often a GPT-2 not downloaded yet: say how to. (A missing
+    tokenizer.json file is load_tokenizer's to refuse.)"""
+    path = Path(tokenizer)
+    if tokenizer in ("char", "bpe") or path.suffix == ".json" or path.exists():
+        return
+    raise UserError(
+        f"--tokenizer {path} does not exist; to fine-tune GPT-2, download it on a machine with "
+        f"internet: {gpt2_download_command(path)} (or give char, bpe, a tokenizer.json or a "
+        "data_prep folder)"
+    )
 
 
 def build_tokenizer(corpus: Corpus, settings: Settings) -> Tokenizer:
