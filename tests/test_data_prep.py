@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from data_prep.__main__ import build_parser, main, run
-from data_prep.sources import FileDocument, cut_into_chunks
+from data_prep.sources import FileCorpus, FileDocument, cut_into_chunks
 from gpt.cli import run_cli
 from gpt.tokenizer import END_OF_TEXT, load_tokenizer
 from tests.conftest import CORPUS, run_python
@@ -237,9 +238,38 @@ def test_a_source_folder_is_read_for_its_text_only(tmp_path, capsys):
     read = [Path(source).relative_to(root).as_posix() for source in meta_of(out)["sources"]]
     assert sorted(read) == sorted([*texts, "part0/empty.txt"])
     (note,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
-    assert "skipped 6 file(s)" in note
-    assert "2 hidden" in note and "1 in __pycache__" in note and "1 binary" in note
+    assert "skipped 3 file(s) and 3 whole folder(s)" in note  # .git, __pycache__, build
+    assert "2 hidden" in note and "1 __pycache__" in note and "1 binary" in note
     assert "2 matching --exclude" in note and "logo.png" in note
+
+
+def test_a_folder_left_out_is_never_walked(tmp_path, monkeypatch):
+    """--exclude site-packages must not list the thousands of files below it, nor .git's."""
+    root = tmp_path / "corpus"
+    make_folder(root)
+    write(root / "venv" / "lib" / "site-packages" / "pkg" / "module.txt", "not read\n")
+    (root / "part0" / "__pycache__" / "deep").mkdir(parents=True)
+    listed = []
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        listed.append(Path(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)  # what os.walk and Path.rglob list folders with
+    corpus = FileCorpus([str(root)], exclude=["site-packages"])
+    assert root in listed and root / "venv" / "lib" in listed
+    left_out = [
+        root / ".git",
+        root / "venv" / "lib" / "site-packages",
+        root / "part0" / "__pycache__",
+    ]
+    assert not [path for path in listed if any(path.is_relative_to(out) for out in left_out)]
+    assert corpus.skipped == {
+        "hidden": [root / ".git", root / ".hidden.txt"],
+        "pycache": [root / "part0" / "__pycache__"],
+        "excluded": [root / "venv" / "lib" / "site-packages"],
+    }
 
 
 def test_a_text_file_in_a_folder_that_is_not_utf8_is_still_an_error(tmp_path, capsys):
