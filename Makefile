@@ -12,10 +12,14 @@ DEMO_OUT := out/shakespeare_char_cpu
 setup: $(BIN)/.installed
 
 $(BIN)/.installed: pyproject.toml
+	@echo "setup: a virtual environment in $(VENV), once (a few minutes)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "setup: installing $(TORCH)"
 	$(BIN)/pip install --quiet "$(TORCH)"
+	@echo "setup: installing the project and its dependencies"
 	$(BIN)/pip install --quiet -e ".[dev,bench,hf]"
 	touch $@
+	@echo "setup: done"
 
 # Prepare the bundled corpus, train a small character model on the CPU, print a sample, score the
 # model on the held-out test split and write the report ($(DEMO_OUT)/report/report.md).
