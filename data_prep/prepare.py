@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from data_prep.sources import CHUNK_CHARS, DatasetCorpus, FileCorpus, utf8_length
 from data_prep.split import Fractions, Piece, split_pieces
 from gpt.downloads import gpt2_download_command
 from gpt.errors import UserError
 from gpt.files import publish_folder, staging_folder
+from gpt.progress import Progress
 from gpt.tokenizer import (
     MAX_BPE_VOCAB,
     MIN_BPE_VOCAB,
@@ -185,10 +185,7 @@ def _characters(corpus: Corpus) -> tuple[set[str], int]:
     """The corpus's distinct characters and its number of documents, in one pass."""
     chars: set[str] = set()
     documents = 0
-    bar = tqdm(
-        total=corpus.total_bytes, desc="char vocabulary", unit="B", unit_scale=True, disable=None
-    )
-    with bar:
+    with Progress("char vocabulary", corpus.total_bytes, "B", leave=True) as bar:
         for document in corpus.documents():
             documents += 1
             for chunk in document.chunks():
@@ -212,8 +209,8 @@ def _first_bytes(chunks: Iterable[str], limit: int) -> Iterator[str]:
 
 
 def _progress(chunks: Iterable[str], description: str, total: int | None) -> Iterator[str]:
-    """Pass ``chunks`` through, showing the bytes done on a progress bar on stderr (a terminal)."""
-    with tqdm(total=total, desc=description, unit="B", unit_scale=True, disable=None) as bar:
+    """Pass ``chunks`` through, showing the bytes done on stderr (:mod:`gpt.progress`)."""
+    with Progress(description, total, "B", leave=True) as bar:
         for chunk in chunks:
             yield chunk
             bar.update(utf8_length(chunk))
@@ -234,9 +231,7 @@ def write_token_files(
         files = {
             split: stack.enter_context(open(folder / f"{split}.bin", "wb")) for split in splits
         }
-        bar = stack.enter_context(
-            tqdm(total=corpus.total_bytes, desc="encoding", unit="B", unit_scale=True, disable=None)
-        )
+        bar = stack.enter_context(Progress("encoding", corpus.total_bytes, "B", leave=True))
         batches = _batches(pieces, BATCH_CHARS)
         for batch, encoded in _encode_ahead(batches, tokenizer, dtype, settings.num_proc):
             for split, ids in encoded.items():

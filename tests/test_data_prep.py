@@ -11,6 +11,7 @@ import pytest
 
 from data_prep.__main__ import build_parser, main, run
 from data_prep.sources import FileCorpus, FileDocument, cut_into_chunks
+from gpt import progress
 from gpt.cli import run_cli
 from gpt.tokenizer import END_OF_TEXT, load_tokenizer
 from tests.conftest import CORPUS, run_python
@@ -140,6 +141,22 @@ def test_large_file_is_read_in_blocks_with_characters_across_block_edges(tmp_pat
     out = tmp_path / "out"
     assert prepare("--input", source, "--out", out) == 0
     assert "".join(texts_of(out)) == text
+
+
+@pytest.mark.parametrize(
+    ("tokenizer", "first_pass"), [("char", "char vocabulary"), ("bpe", "BPE training")]
+)
+def test_both_passes_show_their_progress_on_stderr(
+    tmp_path, capsys, monkeypatch, tokenizer, first_pass
+):
+    monkeypatch.setattr(progress, "DELAY_SECONDS", 0.0)  # as if the corpus were large
+    source = write(tmp_path / "corpus.txt", CORPUS.read_text(encoding="utf-8")[:200_000])
+    size = f"{source.stat().st_size / 1000:.0f}kB"
+    assert prepare("--input", source, "--tokenizer", tokenizer, "--out", tmp_path / "out") == 0
+    lines = capsys.readouterr().err.splitlines()  # not a terminal: whole lines, no bar
+    for name in (first_pass, "encoding"):
+        done = [line for line in lines if line.startswith(f"{name}: ")]
+        assert done and done[-1].startswith(f"{name}: {size}/{size} (100%), "), lines
 
 
 def test_existing_tokenizer_is_reused(tmp_path):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from gpt import progress
 from gpt.checkpoint import load_trained
 from gpt.cli import run_cli
 from gpt.config import ModelConfig
@@ -241,6 +242,16 @@ def test_a_different_tokenizer_is_refused(folders, capsys):
 def test_bad_arguments_are_one_line(folders, capsys, argv, expected):
     assert evaluate(folders["char_run"], *argv) == 2
     assert expected in error_line(capsys)
+
+
+def test_scoring_shows_its_progress_on_stderr_and_the_json_stays_pure(folders, capsys, monkeypatch):
+    monkeypatch.setattr(progress, "DELAY_SECONDS", 0.0)  # as if scoring took minutes
+    assert evaluate(folders["char_run"], "--split", "val", "--stride", "8", "--json") == 0
+    out, err = capsys.readouterr()  # not a terminal: whole lines, no bar
+    scored = json.loads(out)["tokens"]
+    lines = err.splitlines()
+    assert lines and all(line.startswith("evaluate: ") for line in lines), err
+    assert lines[-1].startswith(f"evaluate: {scored:,}/{scored:,} tokens (100%), ")
 
 
 def test_a_checkpoint_can_be_scored(folders, capsys):
