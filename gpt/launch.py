@@ -108,8 +108,11 @@ def leave_launcher_quietly(wait_seconds: float = 5.0) -> None:
     """
     import psutil  # accelerate's dependency
 
-    launcher = psutil.Process(os.getppid())
-    if not any("accelerate" in word for word in launcher.cmdline()[:3]):
+    try:
+        launcher = psutil.Process(os.getppid())
+        if not _is_accelerate_launch(launcher.cmdline()):
+            return
+    except psutil.Error:  # gone, or not ours to look at
         return
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # left blocked: we exit next
     launcher.send_signal(signal.SIGTERM)
@@ -117,3 +120,14 @@ def leave_launcher_quietly(wait_seconds: float = 5.0) -> None:
     while time.monotonic() < deadline and os.getppid() == launcher.pid:
         if signal.sigtimedwait({signal.SIGTERM}, 0.05) is not None:
             return
+
+
+def _is_accelerate_launch(command: list[str]) -> bool:
+    """``accelerate launch ...``, ``accelerate-launch ...`` or ``python -m
+    accelerate.commands.launch ...``, as its process's command line has it."""
+    words = [os.path.basename(word) for word in command[:3]]
+    return (
+        (len(words) > 2 and words[1] == "accelerate" and words[2] == "launch")
+        or (len(words) > 1 and words[1] == "accelerate-launch")
+        or (len(words) > 2 and words[1] == "-m" and words[2] == "accelerate.commands.launch")
+    )
