@@ -69,7 +69,7 @@ def main(argv: list[str]) -> None:
 
 def show_phases(board: mmap.mmap, rank: int) -> None:
     """Wrap the trainer's methods so that each keeps this process's byte of the board current."""
-    from gpt import trainer
+    from gpt.training import trainer
 
     def during(phase: str, function, after: str | None = None):
         code = PHASES.index(phase)

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from data_prep.sources import CHUNK_CHARS, DatasetCorpus, FileCorpus, utf8_length
 from data_prep.split import Fractions, Piece, split_pieces
+from gpt.base.downloads import gpt2_download_command
 from gpt.base.errors import UserError
 from gpt.base.files import publish_folder, sha256, staging_folder
+from gpt.base.progress import Progress
 from gpt.data.tokenizer import (
     MAX_BPE_VOCAB,
     MIN_BPE_VOCAB,
@@ -108,6 +109,7 @@ def check_settings(settings: Settings) -> None:
             f"--val-fraction {settings.val_fraction} and --test-fraction {settings.test_fraction} "
             "leave nothing to train on; make their sum less than 1"
         )
+    _check_tokenizer_path(settings.tokenizer)
     vocab_size = settings.vocab_size
     if settings.tokenizer == "bpe" and vocab_size is not None:
         if not MIN_BPE_VOCAB <= vocab_size <= MAX_BPE_VOCAB:
@@ -126,6 +128,19 @@ def check_settings(settings: Settings) -> None:
             "--vocab-size cannot change an existing tokenizer's vocabulary; leave it out, "
             "or use --tokenizer bpe to train a new one"
         )
+
+
+def _check_tokenizer_path(tokenizer: str) -> None:
+    """A missing tokenizer folder is most often a GPT-2 not downloaded yet: say how to. (A missing
+    tokenizer.json file is load_tokenizer's to refuse.)"""
+    path = Path(tokenizer)
+    if tokenizer in ("char", "bpe") or path.suffix == ".json" or path.exists():
+        return
+    raise UserError(
+        f"--tokenizer {path} does not exist; to fine-tune GPT-2, download it on a machine with "
+        f"internet: {gpt2_download_command(path)} (or give char, bpe, a tokenizer.json or a "
+        "data_prep folder)"
+    )
 
 
 def build_tokenizer(corpus: Corpus, settings: Settings) -> Tokenizer:
@@ -167,10 +182,7 @@ def _characters(corpus: Corpus) -> tuple[set[str], int]:
     """The corpus's distinct characters and its number of documents, in one pass."""
     chars: set[str] = set()
     documents = 0
-    bar = tqdm(
-        total=corpus.total_bytes, desc="char vocabulary", unit="B", unit_scale=True, disable=None
-    )
-    with bar:
+    with Progress("char vocabulary", corpus.total_bytes, "B", leave=True) as bar:
         for document in corpus.documents():
             documents += 1
             for chunk in document.chunks():
@@ -194,8 +206,8 @@ def _first_bytes(chunks: Iterable[str], limit: int) -> Iterator[str]:
 
 
 def _progress(chunks: Iterable[str], description: str, total: int | None) -> Iterator[str]:
-    """Pass ``chunks`` through, showing the bytes done on a progress bar on stderr (a terminal)."""
-    with tqdm(total=total, desc=description, unit="B", unit_scale=True, disable=None) as bar:
+    """Pass ``chunks`` through, showing the bytes done on stderr (:mod:`gpt.base.progress`)."""
+    with Progress(description, total, "B", leave=True) as bar:
         for chunk in chunks:
             yield chunk
             bar.update(utf8_length(chunk))
@@ -216,9 +228,7 @@ def write_token_files(
         files = {
             split: stack.enter_context(open(folder / f"{split}.bin", "wb")) for split in splits
         }
-        bar = stack.enter_context(
-            tqdm(total=corpus.total_bytes, desc="encoding", unit="B", unit_scale=True, disable=None)
-        )
+        bar = stack.enter_context(Progress("encoding", corpus.total_bytes, "B", leave=True))
         batches = _batches(pieces, BATCH_CHARS)
         for batch, encoded in _encode_ahead(batches, tokenizer, dtype, settings.num_proc):
             for split, ids in encoded.items():

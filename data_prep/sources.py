@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import fnmatch
 import glob
+import os
 import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -125,8 +126,8 @@ Document = FileDocument | TextDocument
 class FileCorpus:
     """The files named by ``--input``: one document each, in order, empty files skipped.
 
-    ``skipped`` holds the files that folders and globs yielded but that are not read, by reason
-    (see :func:`find_input_files`).
+    ``skipped`` holds the files that folders and globs yielded but that are not read, and the
+    folders left out whole, by reason (see :func:`find_input_files`).
     """
 
     def __init__(self, inputs: list[str], exclude: Sequence[str] = ()):
@@ -139,23 +140,25 @@ class FileCorpus:
         return (file for file in self.files if file.size > 0)
 
     def skipped_note(self) -> str | None:
-        """One line saying how many files were left out and why, or None if none were."""
+        """One line saying how many files and folders were left out and why, or None."""
         if not self.skipped:
             return None
         reasons = ", ".join(
             f"{len(paths)} {SKIP_REASONS[reason]} (e.g. {paths[0]})"
             for reason, paths in self.skipped.items()
         )
-        total = sum(len(paths) for paths in self.skipped.values())
+        skipped = [path for paths in self.skipped.values() for path in paths]
+        folders = sum(path.is_dir() for path in skipped)
         return (
-            f"note: skipped {total} file(s) that are not text by design: {reasons}; "
-            "--exclude GLOB leaves out more, and a file named on its own is always read"
+            f"note: skipped {len(skipped) - folders} file(s) and {folders} whole folder(s) that "
+            f"are not text by design: {reasons}; --exclude GLOB leaves out more, and a file named "
+            "on its own is always read"
         )
 
 
 SKIP_REASONS = {
-    "hidden": "hidden or in a hidden folder such as .git",
-    "pycache": "in __pycache__",
+    "hidden": "hidden, such as .git",
+    "pycache": "__pycache__",
     "excluded": "matching --exclude",
     "binary": f"binary (a NUL byte in the first {BINARY_PROBE_BYTES // 1024} KB)",
 }
@@ -167,9 +170,10 @@ def find_input_files(
     """Files, folders and globs, in order, each once; and the files left out, by reason.
 
     A file named on its own is read whatever it holds (and must be UTF-8 text). Of the files that
-    a folder or a glob yields, these are left out: hidden files and files in hidden folders (like
-    .git), files in ``__pycache__``, files matching an ``exclude`` pattern, and binary files, those
-    with a NUL byte in their first 8 KB (the test git uses; text almost never holds one).
+    a folder or a glob yields, these are left out: hidden files and hidden folders (like .git),
+    ``__pycache__``, files and folders matching an ``exclude`` pattern, and binary files, those
+    with a NUL byte in their first 8 KB (the test git uses; text almost never holds one). A folder
+    left out is not walked: it is listed among the skipped as one entry.
     """
     found: dict[Path, Path] = {}  # resolved path -> path as the user wrote it
     skipped: dict[str, list[Path]] = {}
@@ -188,10 +192,7 @@ def _expand_input(entry: str, exclude: Sequence[str]) -> list[tuple[Path, str | 
     if path.is_file():
         return [(path, None)]
     if path.is_dir():
-        files = [
-            (file, _skip_reason(file, file.relative_to(path).parts, exclude))
-            for file in _files_below(path)
-        ]
+        files = _files_below(path, exclude)
         if not any(reason is None for _, reason in files):
             raise UserError(
                 f"--input folder {entry} holds no text files"
@@ -203,8 +204,7 @@ def _expand_input(entry: str, exclude: Sequence[str]) -> list[tuple[Path, str | 
         files = []
         for match in map(Path, sorted(glob.glob(entry, recursive=True))):
             if match.is_dir():
-                below = _files_below(match)
-                files += [(f, _skip_reason(f, f.relative_to(match).parts, exclude)) for f in below]
+                files += _files_below(match, exclude)
             else:  # glob itself leaves out hidden names unless the pattern spells them
                 files.append((match, _skip_reason(match, (), exclude)))
         if not any(reason is None for _, reason in files):
@@ -213,9 +213,40 @@ def _expand_input(entry: str, exclude: Sequence[str]) -> list[tuple[Path, str | 
     raise UserError(f"--input {entry} does not exist; check the path")
 
 
-def _files_below(folder: Path) -> list[Path]:
-    """Every file below ``folder``, sorted."""
-    return sorted(path for path in folder.rglob("*") if path.is_file())
+def _files_below(folder: Path, exclude: Sequence[str]) -> list[tuple[Path, str | None]]:
+    """Every file below ``folder``, sorted, with the reason it is skipped (None: read it).
+
+    A folder whose files would all be skipped (hidden, ``__pycache__``, or named by an
+    ``exclude`` pattern without a slash) is one entry, with its reason, and is never walked: a
+    virtual environment or a ``.git`` folder can hold tens of thousands of files.
+    """
+    found: list[tuple[Path, str | None]] = []
+    for root, folders, names in os.walk(folder):
+        here = Path(root)
+        kept = []
+        for name in folders:
+            reason = _folder_skip_reason(name, exclude)
+            if reason is None:
+                kept.append(name)
+            else:
+                found.append((here / name, reason))
+        folders[:] = kept  # os.walk descends into these only
+        for name in names:
+            path = here / name
+            if path.is_file():  # not a broken link
+                found.append((path, _skip_reason(path, path.relative_to(folder).parts, exclude)))
+    return sorted(found, key=lambda entry: entry[0])
+
+
+def _folder_skip_reason(name: str, exclude: Sequence[str]) -> str | None:
+    """Why every file below a folder called ``name`` would be skipped, or None."""
+    if name.startswith("."):
+        return "hidden"
+    if name == "__pycache__":
+        return "pycache"
+    if any("/" not in pattern and fnmatch.fnmatch(name, pattern) for pattern in exclude):
+        return "excluded"
+    return None
 
 
 def _skip_reason(path: Path, parts: tuple[str, ...], exclude: Sequence[str]) -> str | None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from gpt.base.cli import ArgumentParser, run_cli
 from gpt.base.device import resolve_device
 from gpt.base.errors import UserError
+from gpt.base.progress import Progress
 
 if TYPE_CHECKING:  # imported where used: a bad command line costs no torch import
 
@@ -163,7 +164,9 @@ def _main(argv: list[str]) -> int:
     )
     started = time.perf_counter()
     try:
-        num_tokens = print_samples(pieces, prompt, args.num_samples, args.stream)
+        num_tokens = print_samples(
+            pieces, prompt, args.num_samples, args.stream, args.max_new_tokens
+        )
     except KeyboardInterrupt:
         return INTERRUPTED_EXIT_CODE
     seconds = time.perf_counter() - started
@@ -188,16 +191,25 @@ def read_prompt(prompt: str, prompt_file: str | None) -> str:
         raise UserError(f"--prompt-file {prompt_file} is not UTF-8 text; convert it") from None
 
 
-def print_samples(pieces: Iterable[TextPiece], prompt: str, num_samples: int, stream: bool) -> int:
-    """Print prompt + continuation for each sample, SEPARATOR between; return the tokens made."""
+def print_samples(
+    pieces: Iterable[TextPiece], prompt: str, num_samples: int, stream: bool, max_new_tokens: int
+) -> int:
+    """Print prompt + continuation for each sample, SEPARATOR between; return the tokens made.
+
+    Several samples, not streamed, are printed only once all are done: until then, the steps of
+    their generation are shown on stderr (:mod:`gpt.base.progress`).
+    """
     printer = StreamPrinter(prompt, num_samples) if stream else None
     continuations = [""] * num_samples
     num_tokens = 0
-    for piece in pieces:
-        continuations[piece.sample] += piece.text
-        num_tokens += piece.num_tokens if piece.finished else 0
-        if printer is not None:
-            printer.add(piece)
+    shown = num_samples > 1 and not stream
+    with Progress(f"{num_samples} samples", max_new_tokens, "tokens", enabled=shown) as progress:
+        for piece in pieces:
+            continuations[piece.sample] += piece.text
+            num_tokens += piece.num_tokens if piece.finished else 0
+            progress.update(max(0, piece.num_tokens - progress.done))  # the batch's step
+            if printer is not None:
+                printer.add(piece)
     if printer is None:
         print(SEPARATOR.join(prompt + continuation for continuation in continuations))
     return num_tokens

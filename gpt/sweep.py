@@ -44,7 +44,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="print each run's parameters and token budget, and train nothing",
     )
-    return parser.parse_intermixed_args(argv)  # options before or after the overrides
+    args = parser.parse_intermixed_args(argv)  # options before or after the overrides
+    _overrides_anywhere(args, argv)
+    return args
+
+
+def _overrides_anywhere(args: argparse.Namespace, argv: list[str]) -> None:
+    """A run name never contains '=', so the key=value words that ``--only`` took in (``--only a
+    b train.max_iters=150``) are overrides: they join the others, in the order they were given."""
+    if args.only is None:
+        return
+    names = [word for word in args.only if "=" not in word]
+    if not names:
+        raise UserError(
+            "--only needs the names of the runs to train; see python -m gpt.sweep --help"
+        )
+    overrides = set(args.overrides) | {word for word in args.only if "=" in word}
+    args.overrides = [word for word in argv if word in overrides]
+    args.only = names
 
 
 def _main(argv: list[str]) -> int:
@@ -67,12 +84,14 @@ def _main(argv: list[str]) -> int:
 
 
 def _command(args: argparse.Namespace) -> str:
-    """The command that trains the whole sweep again, for the report."""
+    """The command as it was given, for the report (--only last: it takes the words after it)."""
     words = ["python", "-m", "gpt.sweep", args.sweep, *args.overrides]
     if args.preset:
         words += ["--preset", args.preset]
     if args.out:
         words += ["--out", args.out]
+    if args.only:
+        words += ["--only", *args.only]
     return shlex.join(words)
 
 

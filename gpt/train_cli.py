@@ -32,10 +32,14 @@ def _main(argv: list[str]) -> int:
     config = load_config(args.config, args.overrides)
     # imported after validation: a config error costs no torch import
     from gpt.analysis.report import write_run_report
-    from gpt.training.launch import check_launch
+    from gpt.training.launch import LoneProcessError, check_launch, leave_launcher_quietly
     from gpt.training.trainer import train
 
-    check_launch(config.train)
+    try:
+        check_launch(config.train)
+    except LoneProcessError:
+        leave_launcher_quietly()  # or it adds a traceback under the one line
+        raise
     try:
         return train(config, after_run=write_run_report).exit_code  # 130 or 143 when a signal stopped it: not finished
     except KeyboardInterrupt:  # a second Ctrl-C, which stops at once (the trainer said so)

@@ -188,6 +188,11 @@ CASES = {
     "prep: --input and --hf-dataset together": Case(
         (*PREP_TEXT, "--hf-dataset", "json"), ("not allowed with argument", "--help"), cheap=True
     ),
+    "prep: --tokenizer a GPT-2 folder not downloaded yet": Case(
+        (*PREP_TEXT, "--tokenizer", "{work}/models/gpt2"),
+        ("models/gpt2 does not exist", "hf download gpt2", "--local-dir"),
+        cheap=True,
+    ),
     # data_prep: inputs
     "prep: a missing input file": Case(
         (*PREP, "--input", "{work}/missing.txt", "--out", "{work}/prepared"),

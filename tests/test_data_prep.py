@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 
 from data_prep.__main__ import main, run
 from data_prep.options import build_parser
-from data_prep.sources import FileDocument, cut_into_chunks
+from data_prep.sources import FileCorpus, FileDocument, cut_into_chunks
+from gpt.base import progress
 from gpt.base.cli import run_cli
 from gpt.data.tokenizer import END_OF_TEXT, load_tokenizer
 from tests.conftest import CORPUS, run_python
@@ -142,6 +144,22 @@ def test_large_file_is_read_in_blocks_with_characters_across_block_edges(tmp_pat
     assert "".join(texts_of(out)) == text
 
 
+@pytest.mark.parametrize(
+    ("tokenizer", "first_pass"), [("char", "char vocabulary"), ("bpe", "BPE training")]
+)
+def test_both_passes_show_their_progress_on_stderr(
+    tmp_path, capsys, monkeypatch, tokenizer, first_pass
+):
+    monkeypatch.setattr(progress, "DELAY_SECONDS", 0.0)  # as if the corpus were large
+    source = write(tmp_path / "corpus.txt", CORPUS.read_text(encoding="utf-8")[:200_000])
+    size = f"{source.stat().st_size / 1000:.0f}kB"
+    assert prepare("--input", source, "--tokenizer", tokenizer, "--out", tmp_path / "out") == 0
+    lines = capsys.readouterr().err.splitlines()  # not a terminal: whole lines, no bar
+    for name in (first_pass, "encoding"):
+        done = [line for line in lines if line.startswith(f"{name}: ")]
+        assert done and done[-1].startswith(f"{name}: {size}/{size} (100%), "), lines
+
+
 def test_existing_tokenizer_is_reused(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     assert (
@@ -238,9 +256,38 @@ def test_a_source_folder_is_read_for_its_text_only(tmp_path, capsys):
     read = [Path(source).relative_to(root).as_posix() for source in meta_of(out)["sources"]]
     assert sorted(read) == sorted([*texts, "part0/empty.txt"])
     (note,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
-    assert "skipped 6 file(s)" in note
-    assert "2 hidden" in note and "1 in __pycache__" in note and "1 binary" in note
+    assert "skipped 3 file(s) and 3 whole folder(s)" in note  # .git, __pycache__, build
+    assert "2 hidden" in note and "1 __pycache__" in note and "1 binary" in note
     assert "2 matching --exclude" in note and "logo.png" in note
+
+
+def test_a_folder_left_out_is_never_walked(tmp_path, monkeypatch):
+    """--exclude site-packages must not list the thousands of files below it, nor .git's."""
+    root = tmp_path / "corpus"
+    make_folder(root)
+    write(root / "venv" / "lib" / "site-packages" / "pkg" / "module.txt", "not read\n")
+    (root / "part0" / "__pycache__" / "deep").mkdir(parents=True)
+    listed = []
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        listed.append(Path(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)  # what os.walk and Path.rglob list folders with
+    corpus = FileCorpus([str(root)], exclude=["site-packages"])
+    assert root in listed and root / "venv" / "lib" in listed
+    left_out = [
+        root / ".git",
+        root / "venv" / "lib" / "site-packages",
+        root / "part0" / "__pycache__",
+    ]
+    assert not [path for path in listed if any(path.is_relative_to(out) for out in left_out)]
+    assert corpus.skipped == {
+        "hidden": [root / ".git", root / ".hidden.txt"],
+        "pycache": [root / "part0" / "__pycache__"],
+        "excluded": [root / "venv" / "lib" / "site-packages"],
+    }
 
 
 def test_a_text_file_in_a_folder_that_is_not_utf8_is_still_an_error(tmp_path, capsys):

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from bench.fault_runs import free_port
 from gpt.analysis.evaluation import count_bytes, score_tokens, window_ends
+from gpt.base import progress
 from gpt.base.cli import run_cli
 from gpt.base.config import ModelConfig
 from gpt.data.tokenizer import load_tokenizer
@@ -241,6 +242,16 @@ def test_a_different_tokenizer_is_refused(folders, capsys):
 def test_bad_arguments_are_one_line(folders, capsys, argv, expected):
     assert evaluate(folders["char_run"], *argv) == 2
     assert expected in error_line(capsys)
+
+
+def test_scoring_shows_its_progress_on_stderr_and_the_json_stays_pure(folders, capsys, monkeypatch):
+    monkeypatch.setattr(progress, "DELAY_SECONDS", 0.0)  # as if scoring took minutes
+    assert evaluate(folders["char_run"], "--split", "val", "--stride", "8", "--json") == 0
+    out, err = capsys.readouterr()  # not a terminal: whole lines, no bar
+    scored = json.loads(out)["tokens"]
+    lines = err.splitlines()
+    assert lines and all(line.startswith("evaluate: ") for line in lines), err
+    assert lines[-1].startswith(f"evaluate: {scored:,}/{scored:,} tokens (100%), ")
 
 
 def test_a_checkpoint_can_be_scored(folders, capsys):

@@ -19,7 +19,7 @@ from data_prep.__main__ import run as data_prep_run
 from gpt.base.cli import run_cli
 from gpt.base.config import ModelConfig
 from gpt.data.tokenizer import load_tokenizer, train_char_tokenizer
-from gpt.interop.export import _main as export_main
+from gpt.export import _main as export_main
 from gpt.models.gpt import build_model
 from gpt.run.weights import save_model
 

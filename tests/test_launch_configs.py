@@ -224,6 +224,26 @@ def test_a_launch_that_would_not_do_what_it_says_is_refused(
     assert not out.exists()
 
 
+@needs_no_gpu
+def test_several_processes_asked_of_the_single_process_launcher_is_one_line(
+    shakespeare_char, tmp_path
+):
+    """The launcher would print a CalledProcessError traceback under the trainer's refusal: the
+    trainer asks it to stop first, so that the one line is all there is."""
+    out = tmp_path / "out"
+    flags = ("--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no")
+    flags += ("--dynamo_backend", "no", "--main_process_port", "0")  # all given: no warning
+    code, stdout, stderr = finish(launch(*flags, *train_args(shakespeare_char, out)))
+    assert code != 0  # 143: the launcher stopped on the trainer's request
+    assert stderr.splitlines() == [
+        "error: accelerate launch was asked for several processes but started this one process "
+        "alone (--num_processes or --num_machines without --multi_gpu, or a MULTI_CPU config "
+        "without mpirun); launch with --multi_gpu --num_processes N, on CPUs too, or with "
+        "--config_file configs/accelerate/cpu_ddp_2proc.yaml"
+    ]
+    assert stdout == "" and not out.exists()
+
+
 # ----- real launches on GPUs -----------------------------------------------------------------------
 
 

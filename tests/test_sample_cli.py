@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpt.base import progress
 from gpt.base.cli import run_cli
 from gpt.run.weights import save_model
 from gpt.sample_cli import SEPARATOR, _main
@@ -76,6 +77,19 @@ def test_each_sample_is_the_prompt_and_its_continuation(capsys, char_out):
     assert len(texts) == 3
     assert all(len(text) == 20 for text in texts)  # a char model: one character per token
     assert len(set(texts)) == 3
+
+
+def test_several_samples_show_their_progress_on_stderr_until_printed(capsys, char_out, monkeypatch):
+    monkeypatch.setattr(progress, "DELAY_SECONDS", 0.0)  # as if sampling took minutes
+    args = ["--checkpoint", str(char_out), "--max-new-tokens", "20", "--seed", "1"]
+    code, out, err = sample(capsys, *args, "--num-samples", "3")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("3 samples: ")]
+    assert lines and lines[-1].startswith("3 samples: 20/20 tokens (100%), "), err
+    assert len(continuations(out, "")) == 3  # stdout holds the samples only
+    for one_at_a_time in (["--num-samples", "1"], ["--num-samples", "3", "--stream"]):
+        code, _, err = sample(capsys, *args, *one_at_a_time)  # the text itself shows progress
+        assert code == 0 and "samples: " not in err, err
 
 
 def test_the_same_seed_gives_the_same_text(capsys, char_out):

@@ -15,11 +15,12 @@ import pytest
 import yaml
 
 from gpt.analysis.lessons import ANALYSES
-from gpt.analysis.sweep import _main as sweep_main
 from gpt.analysis.sweep import config_changes, run_state
 from gpt.analysis.sweep_file import load_sweep
 from gpt.base.cli import run_cli
 from gpt.base.config import Config, config_from_dict
+from gpt.sweep import _command, parse_args
+from gpt.sweep import _main as sweep_main
 
 from .conftest import CORPUS, ROOT
 
@@ -238,6 +239,7 @@ def test_a_preset_is_merged_over_the_defaults_and_overrides_apply_in_order(tmp_p
         ),  # fmt: skip
         ({}, ["--preset", "gpu"], "has no preset 'gpu'"),
         ({}, ["--only", "z"], "--only z: no such run; the runs are a, b"),
+        ({}, ["--only", "train.max_iters=3"], "--only needs the names of the runs"),
         ({}, ["model.n_layer=x"], "run a: config key 'model.n_layer'"),
     ],
 )
@@ -249,6 +251,20 @@ def test_a_bad_sweep_is_one_line_and_exit_2_before_any_work(tmp_path, capsys, ch
     assert message in err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_overrides_may_come_after_only_and_the_report_records_only(tmp_path, capsys):
+    argv = [str(sweep_file(tmp_path)), "--out", str(tmp_path / "out"), "--plan"]
+    argv += ["--only", "b", "train.max_iters=150", "a"]  # a run name never holds '='
+    assert run_cli(sweep_main, argv) == 0, capsys.readouterr().err
+    plan = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("sweep:")]
+    assert [line.split(":")[0] for line in plan] == ["a", "b"]
+    assert all("150 steps" in line for line in plan), plan
+    args = parse_args(argv)
+    assert (args.only, args.overrides) == (["b", "a"], ["train.max_iters=150"])
+    assert _command(args).endswith(
+        f"{tmp_path / 'sweep.yaml'} train.max_iters=150 --out {tmp_path / 'out'} --only b a"
+    )
 
 
 def test_a_sweep_file_that_is_not_yaml_or_missing_is_one_line(tmp_path, capsys):

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenizers import pre_tokenizers
-from tqdm.auto import tqdm
 
 from gpt.base.errors import UserError
+from gpt.base.progress import Progress
 from gpt.data.tokenizer import Tokenizer, load_tokenizer
 from gpt.data.tokens import read_meta, split_tokens
 from gpt.models.lm import LanguageModel
@@ -96,7 +96,8 @@ def score_tokens(
     """The summed loss over every token of ``tokens`` after the first, in sliding windows.
 
     ``shard = (index, count)``: score only the ``index``-th of ``count`` contiguous shares of the
-    windows (one per process); the shares' scores add up to the whole.
+    windows (one per process); the shares' scores add up to the whole. ``progress``: show this
+    process's progress on stderr (:mod:`gpt.base.progress`).
     """
     length = min(model.block_size, len(tokens) - 1)  # a short split is one window
     ends = window_ends(len(tokens), length, stride)
@@ -105,20 +106,21 @@ def score_tokens(
     model.eval()
     loss_sum, count = 0.0, 0
     batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-    bar = tqdm(batches, desc="evaluate", disable=None if progress else True, leave=False)
-    for batch in bar:  # a bar on a terminal only (disable=None), so logs hold no frames
-        rows = np.stack([tokens[end - length : end + 1] for end in ends[batch]]).astype(np.int64)
-        rows = torch.from_numpy(rows).to(device)
-        inputs, targets = rows[:, :-1], rows[:, 1:].clone()
-        new = torch.from_numpy(scored[batch]).to(device)
-        seen_before = torch.arange(length, device=device)[None, :] < (length - new)[:, None]
-        targets[seen_before] = -1
-        logits, _ = model(inputs)
-        loss = F.cross_entropy(
-            logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="sum"
-        )
-        loss_sum += loss.item()
-        count += int(new.sum())
+    with Progress("evaluate", int(scored[mine].sum()), "tokens", enabled=progress) as shown:
+        for batch in batches:
+            rows = np.stack([tokens[end - length : end + 1] for end in ends[batch]])
+            rows = torch.from_numpy(rows.astype(np.int64)).to(device)
+            inputs, targets = rows[:, :-1], rows[:, 1:].clone()
+            new = torch.from_numpy(scored[batch]).to(device)
+            seen_before = torch.arange(length, device=device)[None, :] < (length - new)[:, None]
+            targets[seen_before] = -1
+            logits, _ = model(inputs)
+            loss = F.cross_entropy(
+                logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="sum"
+            )
+            loss_sum += loss.item()
+            count += int(new.sum())
+            shown.update(int(new.sum()))
     return Score(loss_sum, count)
 
 

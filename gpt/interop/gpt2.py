@@ -51,6 +51,7 @@ import torch
 from pydantic import ValidationError
 
 from gpt.base.config import ModelConfig
+from gpt.base.downloads import gpt2_download_command
 from gpt.base.errors import UserError
 from gpt.data.tokenizer import END_OF_TEXT, Tokenizer, load_tokenizer
 from gpt.data.tokens import read_meta
@@ -83,7 +84,6 @@ _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c
 # Buffers, not weights: the causal masks that older transformers versions saved with the model.
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 _PREFIX = "transformer."
-_DOWNLOAD = "hf download gpt2 config.json model.safetensors tokenizer.json --local-dir"
 # config.json settings this GPT cannot express, with the value it needs (GPT2Config's defaults).
 _REQUIRED_SETTINGS = {
     "n_inner": None,
@@ -344,13 +344,13 @@ def _read_hf_config(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise UserError(
             f"GPT-2 folder {path} does not exist; download one on a machine with internet: "
-            f"{_DOWNLOAD} {path}"
+            f"{gpt2_download_command(path)}"
         )
     config_file = path / CONFIG_FILE
     if not config_file.is_file():
         raise UserError(
             f"{path} is not a Hugging Face model folder (no {CONFIG_FILE}); download one with "
-            f"{_DOWNLOAD} {path}"
+            f"{gpt2_download_command(path)}"
         )
     hf_config = _read_json(config_file)
     model_type = hf_config.get("model_type")

@@ -21,6 +21,8 @@ from typing import TextIO
 
 from tqdm.auto import tqdm
 
+from gpt.base.progress import duration
+
 
 @dataclass(frozen=True)
 class RunFacts:
@@ -189,13 +191,3 @@ class Console:
         return duration(seconds_per_step * (self._total - step))
 
 
-def duration(seconds: float) -> str:
-    """``42s``, ``5m 07s``, ``2h 03m``."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m {seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"

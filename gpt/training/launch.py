@@ -13,11 +13,19 @@ some combinations run without a complaint but not as asked:
 
 Each of these is refused with a :class:`UserError` naming the fix, before a process group forms
 (so every process of a launch refuses on its own, none waits for the others).
+
+accelerate's single-process launcher answers any non-zero exit of its process with a
+``CalledProcessError`` traceback of its own under the refusal, unless it was started with
+``--quiet``. Only a stop signal makes it exit without one: it then copies the rest of the
+process's output and stops it. So a process it started alone asks it to stop before refusing
+(:func:`leave_launcher_quietly`), and the user sees the one line.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import time
 from collections.abc import Mapping
 
 import torch
@@ -41,6 +49,10 @@ def check_launch(train: TrainConfig, environ: Mapping[str, str] = os.environ) ->
     _check_mixed_precision(train, environ, on_cpu)
 
 
+class LoneProcessError(UserError):
+    """accelerate's single-process launcher, asked for several processes, started this one."""
+
+
 def _check_process_count(environ: Mapping[str, str]) -> None:
     """accelerate's single-process launcher (the one that sets ACCELERATE_USE_CPU) sets
     MASTER_PORT only when asked for several processes or machines, and then still starts one."""
@@ -48,7 +60,7 @@ def _check_process_count(environ: Mapping[str, str]) -> None:
     asked_for_several = "MASTER_PORT" in environ
     started_several = "WORLD_SIZE" in environ or any(name in environ for name in _MPI_WORLD_SIZES)
     if single_process_launcher and asked_for_several and not started_several:
-        raise UserError(
+        raise LoneProcessError(
             "accelerate launch was asked for several processes but started this one process alone "
             "(--num_processes or --num_machines without --multi_gpu, or a MULTI_CPU config "
             "without mpirun); launch with --multi_gpu --num_processes N, on CPUs too, or with "
@@ -83,3 +95,39 @@ def _check_mixed_precision(train: TrainConfig, environ: Mapping[str, str], on_cp
             f"train.mixed_precision={launched}, or launch with --mixed_precision "
             f"{train.mixed_precision}"
         )
+
+
+def leave_launcher_quietly(wait_seconds: float = 5.0) -> None:
+    """Ask the accelerate launcher that started this process to stop, and wait until it has begun
+    to: then it copies what this process prints next (its one line) and exits without a traceback.
+
+    The launcher stops this process with SIGTERM once it is stopping; that SIGTERM is the sign,
+    and it is blocked so that this process lives to print its line. A launcher that dies of the
+    signal at once (one without a handler) is waited for instead. Does nothing when the parent is
+    not accelerate's launcher (train.py run directly with a launcher's environment, say).
+    """
+    import psutil  # accelerate's dependency
+
+    try:
+        launcher = psutil.Process(os.getppid())
+        if not _is_accelerate_launch(launcher.cmdline()):
+            return
+    except psutil.Error:  # gone, or not ours to look at
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # left blocked: we exit next
+    launcher.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline and os.getppid() == launcher.pid:
+        if signal.sigtimedwait({signal.SIGTERM}, 0.05) is not None:
+            return
+
+
+def _is_accelerate_launch(command: list[str]) -> bool:
+    """``accelerate launch ...``, ``accelerate-launch ...`` or ``python -m
+    accelerate.commands.launch ...``, as its process's command line has it."""
+    words = [os.path.basename(word) for word in command[:3]]
+    return (
+        (len(words) > 2 and words[1] == "accelerate" and words[2] == "launch")
+        or (len(words) > 1 and words[1] == "accelerate-launch")
+        or (len(words) > 2 and words[1] == "-m" and words[2] == "accelerate.commands.launch")
+    )
