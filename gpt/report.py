@@ -12,6 +12,9 @@ are drawn with matplotlib's object-oriented API on the Agg canvas: headless, no 
 
 Definitions:
 
+* **steps**: the steps the run took, as the trainer counts them (its console, its checkpoints and
+  ``run.json`` say the same), not the last logged step: a run stopped between two logs took more.
+  A folder without ``run.json`` counts to its last record.
 * **tokens seen** after a step: step x tokens per step, where a step takes ``batch_size x
   gradient_accumulation_steps x processes x block_size`` tokens. Runs without ``run.json`` (made
   before the trainer wrote one) are counted as one process, and the report says so.
@@ -63,16 +66,13 @@ class Run:
     dir: Path
     train: list[dict]  # the "train" records of metrics.jsonl
     evals: list[dict]  # the "eval" records
+    last_step: int  # the steps the run has taken (see final_step)
     tokens_per_step: int | None
     processes_assumed: bool  # True: no run.json, so tokens per step assume one process
     parameters: int | None
     stopped_early: bool
     interrupted: bool
     test: dict | None  # eval_test.json, if gpt.evaluate has written one
-
-    @property
-    def last_step(self) -> int:
-        return max((r["step"] for r in self.train + self.evals), default=0)
 
     @property
     def best_eval(self) -> dict | None:
@@ -133,6 +133,7 @@ def load_run(directory: Path, name: str) -> Run:
         dir=directory,
         train=[r for r in records if r.get("kind") == "train"],
         evals=evals,
+        last_step=final_step(facts, records),
         tokens_per_step=tokens_per_step,
         processes_assumed="tokens_per_step" not in facts and tokens_per_step is not None,
         parameters=count_parameters(directory / "model.safetensors"),
@@ -140,6 +141,15 @@ def load_run(directory: Path, name: str) -> Run:
         interrupted=facts.get("interrupted", False),
         test=_read_json(directory / "eval_test.json"),
     )
+
+
+def final_step(facts: dict, records: list[dict]) -> int:
+    """The steps a run has taken: the trainer's own count, which its console, checkpoints and
+    ``run.json`` give. A run stopped between two logs took steps that no record holds, so the
+    records alone fall short; they count only where a run has no ``run.json`` (killed, or from
+    before the trainer wrote one) or has gone past it (resumed since, and not ended yet)."""
+    logged = max((r["step"] for r in records), default=0)
+    return max(facts.get("step", 0), logged)
 
 
 def _read_records(path: Path) -> list[dict]:

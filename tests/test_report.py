@@ -18,7 +18,7 @@ from gpt.report import FIGURES, REPORT_FILE, gap_growth_start, load_runs, loss_f
 from gpt.report import _main as report_main
 
 from .conftest import ROOT, run_python
-from .test_trainer import sigterm_after_the_first_train_record
+from .test_trainer import sigterm_after_the_first_train_record, sigterm_once
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Evaluations every 20 steps. The gap (val - train) is 0.10, 0.11, 0.105, 0.12, 0.15, 0.19: its
@@ -239,6 +239,36 @@ def test_a_clean_stop_writes_the_report(shakespeare_char, tmp_path):
     (row,) = table(out / "report" / REPORT_FILE)
     assert row["steps"].endswith("(stopped by signal)")
     assert_valid_pngs(out / "report")
+
+
+def test_a_run_stopped_between_two_logs_reports_the_steps_it_took(shakespeare_char, tmp_path):
+    """Console, run.json and report.md give one step count: the trainer's, not the last logged."""
+    out = tmp_path / "run"
+    command = train_command(
+        shakespeare_char, out, "train.max_iters=100000", "train.log_interval=100000",
+        "train.eval_interval=100000", "train.checkpoint_interval=5",
+    )  # fmt: skip
+    returncode, stdout, stderr = sigterm_once(
+        command, lambda: (out / "checkpoints" / "step_0000005").is_dir()
+    )
+    assert returncode == 128 + signal.SIGTERM, stderr
+    step = json.loads((out / "run.json").read_text())["step"]
+    assert step > 5 and f"interrupted at step {step} of 100000 (SIGTERM)" in stdout
+    (row,) = table(out / "report" / REPORT_FILE)
+    assert row["steps"] == f"{step:,} (stopped by signal)"
+    assert row["tokens seen"] == f"{step * 256:,}"
+
+
+def test_the_steps_are_run_json_s_where_the_records_stop_short(tmp_path):
+    run = synthetic_run(tmp_path / "stopped")  # records to step 100
+    facts = json.loads((run / "run.json").read_text())
+    facts.update(step=121, stopped_early=False, interrupted=True)
+    (run / "run.json").write_text(json.dumps(facts))
+    (loaded,) = load_runs([run])
+    assert loaded.last_step == 121 and loaded.tokens_seen == 121 * 512
+    assert run_cli(report_main, [str(run)]) == 0
+    (row,) = table(run / "report" / REPORT_FILE)
+    assert row["steps"] == "121 (stopped by signal)"
 
 
 def test_a_report_that_cannot_be_written_never_fails_the_run(shakespeare_char, tmp_path):

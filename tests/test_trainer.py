@@ -8,7 +8,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -306,13 +306,18 @@ def test_a_run_killed_with_sigkill_resumes_to_bitwise_identical_weights(shakespe
 def sigterm_after_the_first_train_record(args: list[str], out: Path) -> tuple[int, str, str]:
     """Start ``python ARGS`` (a run into ``out``), SIGTERM it once metrics.jsonl holds a train
     record, and wait for it: its exit code, stdout and stderr."""
+    metrics = out / "metrics.jsonl"
+    return sigterm_once(args, lambda: metrics.exists() and '"train"' in metrics.read_text())
+
+
+def sigterm_once(args: list[str], ready: Callable[[], bool]) -> tuple[int, str, str]:
+    """Start ``python ARGS``, SIGTERM it once ``ready()``, and wait for it: its exit code, stdout
+    and stderr."""
     process = subprocess.Popen(
         [sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 120
-    while (
-        not (out / "metrics.jsonl").exists() or '"train"' not in (out / "metrics.jsonl").read_text()
-    ):
+    while not ready():
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
