@@ -16,7 +16,9 @@ owns what a step means:
 * every ``eval_interval`` steps the mean train and val loss over fixed held-out windows; the best-val
   weights are kept as ``model.safetensors`` and ``early_stopping_patience`` evaluations without a new
   best end the run;
-* checkpoints every ``checkpoint_interval`` steps, on SIGINT/SIGTERM and at the end. A non-finite
+* checkpoints every ``checkpoint_interval`` steps, on SIGINT/SIGTERM and at the end. A run stopped by
+  a signal evaluates once more on its way out, so that its best weights hold the training done (a
+  stop before the first scheduled evaluation would leave the step-0 weights). A non-finite
   loss or gradient norm stops the run before the update is applied, and weights are checked to be
   finite before anything is saved, so every checkpoint holds finite weights.
 
@@ -325,7 +327,8 @@ class Trainer:
             self.console.close_progress()
 
     def _after_step(self, loss: float, grad_norm: float, stop: bool) -> None:
-        """Log, evaluate and checkpoint on their intervals, and always at the end."""
+        """Log, evaluate and checkpoint on their intervals, and always at the end; a run that is
+        stopping (every process agrees that it is) evaluates and checkpoints too."""
         train, step = self.config.train, self.state.step
         self._interval_steps += 1
         finished = step == train.max_iters
@@ -336,8 +339,9 @@ class Trainer:
             self._log_train(step, loss, lr, grad_norm, tokens_per_sec)
             self.console.log_step(step, loss, lr, tokens_per_sec)
             self._interval_start, self._interval_steps = time.perf_counter(), 0
-        if step % train.eval_interval == 0 or finished:
-            self._evaluate()
+        scheduled = step % train.eval_interval == 0 or finished
+        if scheduled or stop:
+            self._evaluate(scheduled)
         if stop or finished or self.state.stopped_early or step % train.checkpoint_interval == 0:
             self._check_weights_are_finite()
             state = self._trainer_state()
@@ -463,11 +467,12 @@ class Trainer:
     # ----- evaluation and early stopping ---------------------------------------------------------
 
     @torch.no_grad()
-    def _evaluate(self) -> None:
+    def _evaluate(self, scheduled: bool = True) -> None:
         """Mean loss over ``eval_iters`` fixed global batches of each split.
 
         An evaluation batch is a global batch like a training one, split over processes and
         micro-steps the same way, so the loss is over the same windows however a run is split.
+        ``scheduled``: one of the ``eval_interval`` evaluations (see :meth:`_record_evaluation`).
         """
         train = self.config.train
         self.model.eval()
@@ -482,16 +487,20 @@ class Trainer:
             mean = total / (train.eval_iters * train.gradient_accumulation_steps)
             losses[split] = self.accelerator.reduce(mean, reduction="mean").item()
         self.model.train()
-        self._record_evaluation(losses["train"], losses["val"])
+        self._record_evaluation(losses["train"], losses["val"], scheduled)
 
-    def _record_evaluation(self, train_loss: float, val_loss: float) -> None:
+    def _record_evaluation(self, train_loss: float, val_loss: float, scheduled: bool) -> None:
+        """Log an evaluation, keep the weights if it is a new best, and count toward early
+        stopping the scheduled evaluations since the best. A stopping run's extra evaluation
+        keeps the weights it finds best like any, but does not count toward the patience: a run
+        that was only paused must not end as if it had stopped improving."""
         step = self.state.step
         improved = val_loss < self.state.best_val_loss
         if improved:
             self.state.best_val_loss, self.state.best_step = val_loss, step
             self.state.evals_without_improvement = 0
             self._save_best_weights()
-        else:
+        elif scheduled:
             self.state.evals_without_improvement += 1
         record = {
             "step": step,

@@ -18,7 +18,7 @@ from gpt.report import FIGURES, REPORT_FILE, gap_growth_start, load_runs, loss_f
 from gpt.report import _main as report_main
 
 from .conftest import ROOT, run_python
-from .test_trainer import sigterm_after_the_first_train_record, sigterm_once
+from .test_trainer import signal_once, sigterm_after_the_first_train_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Evaluations every 20 steps. The gap (val - train) is 0.10, 0.11, 0.105, 0.12, 0.15, 0.19: its
@@ -248,7 +248,7 @@ def test_a_run_stopped_between_two_logs_reports_the_steps_it_took(shakespeare_ch
         shakespeare_char, out, "train.max_iters=100000", "train.log_interval=100000",
         "train.eval_interval=100000", "train.checkpoint_interval=5",
     )  # fmt: skip
-    returncode, stdout, stderr = sigterm_once(
+    returncode, stdout, stderr = signal_once(
         command, lambda: (out / "checkpoints" / "step_0000005").is_dir()
     )
     assert returncode == 128 + signal.SIGTERM, stderr
