@@ -38,8 +38,9 @@ from bench import CONFIGS, format_table, prepare_corpus, write_results
 from gpt.cli import run_cli
 from gpt.config import load_config
 from gpt.data import BatchSlice
+from gpt.schedule import learning_rate
 from gpt.throughput import measure_matmul_flops, peak_flops
-from gpt.trainer import Trainer, learning_rate
+from gpt.trainer import Trainer
 
 StepFunction = Callable[[int], object]
 

@@ -9,10 +9,10 @@ owns what a step means:
   So the split of the global batch over processes and micro-steps changes the result only where
   it changes the micro-batches, and a resumed run repeats exactly what an uninterrupted one does;
 * the optimizer of ``train.optimizer`` (:mod:`gpt.optim`: AdamW by default), the global gradient
-  norm clipped, and the learning rate a pure function of the step (warmup, then cosine, linear or
-  constant decay), set before every step: the schedule has no state of its own to save, and a
-  resumed run follows the config it is given. With ``train.full_batch`` a step is on every window
-  of the training split instead, as L-BFGS needs;
+  norm clipped, and the learning rate a pure function of the step (:mod:`gpt.schedule`: warmup,
+  then cosine, linear or constant decay), set before every step: the schedule has no state of its
+  own to save, and a resumed run follows the config it is given. With ``train.full_batch`` a step
+  is on every window of the training split instead, as L-BFGS needs;
 * every ``eval_interval`` steps the mean train and val loss over fixed held-out windows; the best-val
   weights are kept as ``model.safetensors`` and ``early_stopping_patience`` evaluations without a new
   best end the run;
@@ -59,7 +59,7 @@ from gpt.checkpoint import (
     save_model,
     write_failed,
 )
-from gpt.config import Config, TrainConfig, fit_warmup_to_run
+from gpt.config import Config, fit_warmup_to_run
 from gpt.console import Console, RunFacts, end_of_run, startup_block
 from gpt.data import BatchSlice, TokenData
 from gpt.errors import UserError
@@ -69,6 +69,7 @@ from gpt.model import build_model
 from gpt.optim import build_optimizer
 from gpt.report import report_finished_run
 from gpt.resume import resume
+from gpt.schedule import learning_rate
 from gpt.throughput import peak_flops, tf32_enabled, use_tf32
 from gpt.tracking import Tracking, new_run_id
 
@@ -109,22 +110,6 @@ class TrainResult:
     def exit_code(self) -> int:
         """0, or 128 + the signal's number, as a shell reports a process the signal stopped."""
         return 128 + self.stop_signal if self.stop_signal else 0
-
-
-def learning_rate(step: int, train: TrainConfig) -> float:
-    """Linear warmup from 0 to ``learning_rate``, then decay to ``min_lr`` at ``decay_iters``."""
-    if step < train.warmup_iters:
-        return train.learning_rate * (step + 1) / (train.warmup_iters + 1)
-    if train.lr_schedule == "constant":
-        return train.learning_rate
-    if step >= train.decay_iters:
-        return train.min_lr
-    progress = (step - train.warmup_iters) / max(1, train.decay_iters - train.warmup_iters)
-    if train.lr_schedule == "cosine":
-        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
-    else:
-        decay = 1.0 - progress
-    return train.min_lr + decay * (train.learning_rate - train.min_lr)
 
 
 def micro_batch_seed(seed: int, step: int, start: int) -> int:

@@ -9,8 +9,8 @@ from accelerate.commands.config.config_args import ClusterConfig
 from gpt.cli import run_cli
 from gpt.config import Config, fit_warmup_to_run, load_config
 from gpt.errors import UserError
+from gpt.schedule import learning_rate
 from gpt.train_cli import _main as train_main
-from gpt.trainer import learning_rate
 
 from .conftest import ROOT, run_python
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from gpt.checkpoint import load_model
 from gpt.config import ModelConfig, TrainConfig
 from gpt.data import BatchSlice, TokenData
-from gpt.trainer import learning_rate
+from gpt.schedule import learning_rate
 
 from .conftest import CORPUS, ROOT, run_python
 
