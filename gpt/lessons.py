@@ -50,7 +50,8 @@ def new_figure(panels: int = 1, width: float = 1.0):
 LOSSES = (  # what the loss figures show: label, value, line style
     ("final train loss", lambda m: m.final_train, dict(linestyle="--", marker="s")),
     ("final val loss", lambda m: m.final_val, dict(linestyle=":", marker="v")),
-    ("best val loss", lambda m: m.best_val, dict(marker="o")),
+    # a ring around the final val marker: a run whose last evaluation is its best shows both
+    ("best val loss", lambda m: m.best_val, dict(marker="o", markersize=10, fillstyle="none")),
     ("test loss (best weights)", lambda m: m.test_loss, dict(marker="^")),
 )
 

@@ -42,12 +42,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import safetensors
 import yaml
 
 from gpt.cli import ArgumentParser, run_cli
+from gpt.config import TrainConfig
 from gpt.errors import UserError
 from gpt.files import replace_file, write_text
+from gpt.schedule import learning_rate
 
 RUN_FACTS_FILE = "run.json"
 REPORT_DIR = "report"
@@ -56,6 +59,7 @@ GAP_TOLERANCE = 1e-3  # nats: a rise of the gap smaller than this is noise, not 
 GAP_MIN_RISES = 2  # rises in a row before the gap counts as growing
 FIGURE_SIZE = (7.0, 3.6)  # inches, at DPI dots per inch: 700 x 360 pixels
 DPI = 100
+SCHEDULE_POINTS = 2000  # a long run's learning-rate schedule is drawn at about this many steps
 
 
 @dataclass
@@ -67,6 +71,7 @@ class Run:
     train: list[dict]  # the "train" records of metrics.jsonl
     evals: list[dict]  # the "eval" records
     last_step: int  # the steps the run has taken (see final_step)
+    schedule: TrainConfig | None  # config.yaml's train section, for its learning-rate schedule
     tokens_per_step: int | None
     processes_assumed: bool  # True: no run.json, so tokens per step assume one process
     parameters: int | None
@@ -134,6 +139,7 @@ def load_run(directory: Path, name: str) -> Run:
         train=[r for r in records if r.get("kind") == "train"],
         evals=evals,
         last_step=final_step(facts, records),
+        schedule=_schedule_of(config),
         tokens_per_step=tokens_per_step,
         processes_assumed="tokens_per_step" not in facts and tokens_per_step is not None,
         parameters=count_parameters(directory / "model.safetensors"),
@@ -175,6 +181,17 @@ def _read_yaml(path: Path) -> dict:
         return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return {}
+
+
+def _schedule_of(config: dict) -> TrainConfig | None:
+    """The train section of a run's config.yaml, which fixes its learning rate at every step; None
+    where there is none, or it is not one this version reads (a run of an older version)."""
+    if not isinstance(config.get("train"), dict):
+        return None
+    try:
+        return TrainConfig.model_validate(config["train"])
+    except pydantic.ValidationError:
+        return None
 
 
 def _tokens_per_step_of(config: dict) -> int | None:
@@ -306,13 +323,23 @@ def gap_figure(runs: list[Run]):
     for run in runs:
         color = colors[run.name]
         steps = [r["step"] for r in run.evals]
-        ax.plot(steps, run.gaps, color=color, marker="o", markersize=3, label=run.name)
+        size = 3 if len(steps) > 1 else 8  # a lone point must be seen
+        ax.plot(steps, run.gaps, color=color, marker="o", markersize=size, label=run.name)
         start = run.gap_growth_step
         if start is not None:
             ax.axvline(
                 start, color=color, linestyle="--",
                 label=_legend_label(f"{run.name}: grows from step {start}", detailed),
             )  # fmt: skip
+    span = max((run.last_step for run in runs), default=0)
+    if span:  # the steps of the runs, where one evaluation alone would get an axis of its own
+        ax.set_xlim(-0.02 * span, 1.02 * span)
+    lone = [run.name for run in runs if len(run.evals) == 1]
+    if lone:
+        ax.text(
+            0.5, 0.96, f"{', '.join(lone)}: one evaluation, a point without a trend yet",
+            transform=ax.transAxes, ha="center", va="top", fontsize="small",
+        )  # fmt: skip
     ax.set_xlabel("step")
     ax.set_ylabel("val loss - train loss (nats)")
     ax.set_title("Generalisation gap")
@@ -339,6 +366,38 @@ def series_figure(runs: list[Run], key: str, label: str, log_scale: bool = False
     return figure
 
 
+def learning_rate_figure(runs: list[Run]):
+    """The learning rate of every step from the first, warmup included: each run's schedule, computed
+    from its config.yaml, with the logged rates as points on it (the logged rates alone where the
+    config cannot be read). Step k trains at ``learning_rate(k - 1)``, the rate its record logs."""
+    figure, (ax,) = _new_figure()
+    colors = _colors(runs)
+    for run in runs:
+        color = colors[run.name]
+        logged = [r["step"] for r in run.train], [r["lr"] for r in run.train]
+        if run.schedule is None:
+            ax.plot(*logged, color=color, linewidth=1.0, label=run.name)
+            continue
+        steps = schedule_steps(run.last_step, run.schedule)
+        rates = [learning_rate(step - 1, run.schedule) for step in steps]
+        ax.plot(steps, rates, color=color, linewidth=1.0, label=run.name)
+        ax.plot(*logged, color=color, marker=".", linestyle="none")  # no label: not in the legend
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.set(xlabel="step", ylabel="learning rate", title="Learning rate")
+    _legend(ax)
+    return figure
+
+
+def schedule_steps(last_step: int, train: TrainConfig) -> list[int]:
+    """The steps from 1 to ``last_step`` to draw a schedule at: every one in a short run; in a long
+    one, about SCHEDULE_POINTS evenly spaced ones and those where the schedule bends (the first at
+    the peak rate, the first at ``min_lr``)."""
+    stride = max(1, last_step // SCHEDULE_POINTS)
+    bends = [b for b in (train.warmup_iters + 1, train.decay_iters + 1) if b <= last_step]
+    return sorted({*range(1, last_step + 1, stride), *bends, *([last_step] if last_step else [])})
+
+
 def throughput_figure(runs: list[Run]):
     """Tokens per second and model FLOPs utilisation against step, side by side."""
     figure, (tokens_ax, mfu_ax) = _new_figure(panels=2)
@@ -360,10 +419,7 @@ FIGURES: dict[str, tuple[str, Callable[[list[Run]], Any]]] = {
     "loss_vs_step.png": ("Loss against step", lambda runs: loss_figure(runs, "step")),
     "loss_vs_tokens.png": ("Loss against tokens seen", lambda runs: loss_figure(runs, "tokens")),
     "generalisation_gap.png": ("Generalisation gap", gap_figure),
-    "learning_rate.png": (
-        "Learning rate",
-        lambda runs: series_figure(runs, "lr", "learning rate"),
-    ),
+    "learning_rate.png": ("Learning rate", learning_rate_figure),
     "grad_norm.png": (
         "Gradient norm",
         lambda runs: series_figure(runs, "grad_norm", "gradient norm (before clipping)", True),
@@ -441,25 +497,36 @@ def _explain(file_name: str, runs: list[Run]) -> list[str]:
             "early stop.",
             "",
         ]
+    if file_name == "learning_rate.png":
+        return [
+            "The learning rate of every step, from the first: the warmup from 0, then the decay, "
+            "computed from each run's schedule in its config.yaml; dots: the rates its train "
+            "records logged.",
+            "",
+        ]
     if file_name != "generalisation_gap.png":
         return []
-    growth = []
-    for run in runs:
-        step = run.gap_growth_step
-        growth.append(
-            f"`{run.name}`: the gap grows from step {step} on."
-            if step is not None
-            else f"`{run.name}`: the gap is not growing at the end of the run."
-        )
     return [
         "Validation loss minus train loss at each evaluation. It starts to grow at the first "
         "evaluation of the final stretch over which it rises at every evaluation (by more than "
         f"{GAP_TOLERANCE} nats, at least {GAP_MIN_RISES} times in a row): from there on the model "
         "fits its training data better than data it has not seen.",
         "",
-        *growth,
+        *[_gap_course(run) for run in runs],
         "",
     ]
+
+
+def _gap_course(run: Run) -> str:
+    if len(run.evals) == 1:
+        return (
+            f"`{run.name}`: one evaluation (step {run.evals[0]['step']}), so one point: how the "
+            "gap changes shows from the second on."
+        )
+    step = run.gap_growth_step
+    if step is not None:
+        return f"`{run.name}`: the gap grows from step {step} on."
+    return f"`{run.name}`: the gap is not growing at the end of the run."
 
 
 def summary_table(runs: list[Run]) -> list[str]:

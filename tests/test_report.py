@@ -4,18 +4,33 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import matplotlib.image
+import pytest
 import yaml
 from PIL import Image
 
 from gpt.checkpoint import save_model
 from gpt.cli import run_cli
-from gpt.config import ModelConfig
+from gpt.config import ModelConfig, TrainConfig
 from gpt.model import build_model
-from gpt.report import FIGURES, REPORT_FILE, gap_growth_start, load_runs, loss_figure
+from gpt.report import (
+    FIGURES,
+    REPORT_FILE,
+    SCHEDULE_POINTS,
+    gap_figure,
+    gap_growth_start,
+    learning_rate_figure,
+    load_runs,
+    loss_figure,
+    schedule_steps,
+)
 from gpt.report import _main as report_main
+from gpt.schedule import learning_rate
 
 from .conftest import ROOT, run_python
 from .test_trainer import signal_once, sigterm_after_the_first_train_record
@@ -269,6 +284,63 @@ def test_the_steps_are_run_json_s_where_the_records_stop_short(tmp_path):
     assert run_cli(report_main, [str(run)]) == 0
     (row,) = table(run / "report" / REPORT_FILE)
     assert row["steps"] == "121 (stopped by signal)"
+
+
+def test_the_learning_rate_figure_draws_the_schedule_from_the_first_step(tiny_run):
+    """The rate of every step, the warmup's start included, computed from config.yaml's
+    schedule; the logged rates (every 5 steps) lie on it."""
+    (run,) = load_runs([tiny_run])
+    (ax,) = learning_rate_figure([run]).axes
+    schedule, logged = ax.get_lines()
+    train = TrainConfig.model_validate(
+        yaml.safe_load((tiny_run / "config.yaml").read_text())["train"]
+    )
+    assert list(schedule.get_xdata()) == list(range(1, 21))
+    assert list(schedule.get_ydata()) == [learning_rate(step, train) for step in range(20)]
+    assert schedule.get_ydata()[0] == pytest.approx(train.learning_rate / 6)  # warmup: 1/(5+1)
+    assert list(logged.get_xdata()) == [5, 10, 15, 20]
+    on_schedule = dict(zip(schedule.get_xdata(), schedule.get_ydata(), strict=True))
+    assert list(logged.get_ydata()) == [on_schedule[step] for step in logged.get_xdata()]
+    assert ax.get_xlim()[0] == 0 and ax.get_ylim()[0] == 0
+
+
+def test_a_long_runs_schedule_is_drawn_at_its_bends_and_evenly_between():
+    train = TrainConfig(max_iters=600_000, warmup_iters=2_000, lr_decay_iters=500_000)
+    steps = schedule_steps(600_000, train)
+    assert steps[0] == 1 and steps[-1] == 600_000 and len(steps) <= SCHEDULE_POINTS + 3
+    assert {2_001, 500_001} <= set(steps)  # the first step at the peak, the first at min_lr
+    assert schedule_steps(20, train) == list(range(1, 21))
+
+
+def test_one_evaluation_is_a_point_on_the_runs_steps_with_a_note(shakespeare_char, tmp_path):
+    """A run killed before its second evaluation has one: its gap is one point, drawn large on
+    an axis of the run's steps (not a sliver around step 0), and said to be no trend yet."""
+    out = tmp_path / "run"
+    command = train_command(
+        shakespeare_char, out, "train.max_iters=100000", "train.eval_interval=100000"
+    )
+    process = subprocess.Popen([sys.executable, *command], cwd=ROOT, stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and '"train"' in metrics.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+
+    (run,) = load_runs([out])
+    assert len(run.evals) == 1 and run.last_step >= 5
+    (ax,) = gap_figure([run]).axes
+    (point,) = [line for line in ax.get_lines() if line.get_label() == "run"]
+    assert list(point.get_xdata()) == [0] and point.get_markersize() >= 8
+    low, high = ax.get_xlim()
+    assert low < 0 and high > run.last_step
+    assert [text.get_text() for text in ax.texts] == [
+        "run: one evaluation, a point without a trend yet"
+    ]
+    assert run_cli(report_main, [str(out)]) == 0
+    report = (out / "report" / REPORT_FILE).read_text()
+    assert "`run`: one evaluation (step 0), so one point: how the gap changes shows" in report
 
 
 def test_a_report_that_cannot_be_written_never_fails_the_run(shakespeare_char, tmp_path):
