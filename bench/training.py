@@ -38,8 +38,9 @@ from bench import CONFIGS, format_table, prepare_corpus, write_results
 from gpt.base.cli import run_cli
 from gpt.base.config import load_config
 from gpt.data.tokens import BatchSlice
+from gpt.training.schedule import learning_rate
 from gpt.training.throughput import measure_matmul_flops, peak_flops
-from gpt.training.trainer import Trainer, learning_rate
+from gpt.training.trainer import Trainer
 
 StepFunction = Callable[[int], object]
 

@@ -74,3 +74,20 @@ def fresh_accelerate_state():
     process, so forget this test's CPU run, and a later test here may train on a GPU or in fp16."""
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(shakespeare_char, tmp_path_factory) -> Path:
+    """A finished run of a tiny GPT: 20 steps, 5 of them warmup, a log every 5 and an evaluation
+    every 10 (once per test session: tests read it and write nothing into it)."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = run_python(
+        "train.py", str(ROOT / "configs" / "shakespeare_char_cpu.yaml"),
+        f"data.dir={shakespeare_char}", f"train.out_dir={out}",
+        "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
+        "train.batch_size=8", "train.eval_iters=2", "train.log_interval=5",
+        "train.warmup_iters=5", "train.max_iters=20", "train.eval_interval=10",
+        "train.wandb.mode=disabled",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out

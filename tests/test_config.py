@@ -1,5 +1,6 @@
 """The config: every bundled file validates, overrides apply, and bad input is one line, exit 2."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from gpt.base.cli import run_cli
 from gpt.base.config import Config, fit_warmup_to_run, load_config
 from gpt.base.errors import UserError
 from gpt.train_cli import _main as train_main
-from gpt.training.trainer import learning_rate
+from gpt.training.schedule import learning_rate
 
 from .conftest import ROOT, run_python
 
@@ -34,6 +35,23 @@ def test_the_bundled_configs_exist():
         "multi_node.yaml",
         "cpu_ddp_2proc.yaml",
     }
+
+
+DURATION = re.compile(r"\d+(?:\.\d+)?\s*(?:h|hours?|min|minutes?|s|seconds?)\b")
+
+
+def test_the_demo_configs_header_gives_the_readmes_time_or_none():
+    """One measured figure: the demo config's header points to the README's Results, and any
+    time it states is one that the README's `make demo` row states too."""
+    text = (ROOT / "configs" / "shakespeare_char_cpu.yaml").read_text()
+    header = " ".join(line for line in text.splitlines() if line.startswith("#"))
+    (demo_row,) = [
+        line
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith("| `make demo`")
+    ]
+    assert "README.md's Results" in header
+    assert set(DURATION.findall(header)) <= set(DURATION.findall(demo_row))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

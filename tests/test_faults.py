@@ -18,6 +18,7 @@ import pytest
 from bench.injection import can_mount_a_small_disk, run_on_a_small_disk
 from gpt.run.checkpoints import find_damage
 from gpt.run.folder import list_checkpoints
+from gpt.run.weights import describe_trained
 
 from .test_trainer import (
     ROOT,
@@ -31,6 +32,7 @@ from .test_trainer import (
 )
 
 SLOW_SAVES = str(ROOT / "tests" / "slow_saves.py")
+SLOW_EVALUATIONS = str(ROOT / "tests" / "slow_evaluations.py")
 ENDLESS = ["train.max_iters=100000", "train.eval_interval=100000", "train.log_interval=1000"]
 
 
@@ -155,6 +157,37 @@ def test_a_second_ctrl_c_while_the_report_is_written_stops_at_once_and_says_so(
     assert find_damage(newest) is None
 
 
+def test_a_second_ctrl_c_during_the_stops_evaluation_stops_at_once_and_says_so(
+    shakespeare_char, tmp_path
+):
+    """The first Ctrl-C evaluates before its checkpoint (so the best weights hold the training
+    done); a second one while that evaluation runs stops at once, as during the checkpoint."""
+    out, log = tmp_path / "run", tmp_path / "evaluation_batches"
+    batches = 2 * 2  # an evaluation: eval_iters=2 batches of each split
+    command = [
+        SLOW_EVALUATIONS, "0.5", str(log),
+        *train_args(shakespeare_char, out, *ENDLESS, "train.eval_iters=2",
+                    "train.checkpoint_interval=5"),
+    ]  # fmt: skip
+    with started(command, out) as process:
+        wait_for(lambda: (out / "checkpoints" / "step_0000005").exists(), [process])
+        process.send_signal(signal.SIGINT)  # evaluate, then save a checkpoint ...
+        wait_for(lambda: len(log.read_text().splitlines()) > batches, [process])
+        process.send_signal(signal.SIGINT)  # ... but a second Ctrl-C stops during the evaluation
+        assert process.wait(timeout=60) == 130
+    stdout, stderr = output(out)
+    assert "Traceback" not in stderr
+    assert [r["step"] for r in read_metrics(out) if r["kind"] == "eval"] == [0]  # it was cut short
+    assert [p.name for p in list_checkpoints(out)] == ["step_0000005"]
+    (line,) = [line for line in stdout.splitlines() if "second interrupt" in line]
+    assert re.fullmatch(
+        r"stopped at once by a second interrupt at step \d+; the newest complete checkpoint is "
+        + re.escape(f"{out / 'checkpoints' / 'step_0000005'}: run the same command again to ")
+        + "resume from it",
+        line,
+    )
+
+
 def test_a_full_disk_stops_the_run_with_one_line_and_the_previous_checkpoint_resumes(
     shakespeare_char, tmp_path
 ):
@@ -277,6 +310,29 @@ def test_when_one_of_two_processes_dies_the_other_stops_with_a_message(shakespea
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {newest} at step {step}" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_when_one_of_two_processes_is_stopped_both_evaluate_before_their_checkpoint(
+    shakespeare_char, tmp_path
+):
+    """SIGTERM to rank 1 alone: rank 0 (which writes the files) learns of it at the step's end,
+    and both take part in the stop's evaluation, whose loss is a mean over both processes."""
+    out = tmp_path / "run"
+    command = [*launch_two(), *train_args(shakespeare_char, out, *TWO_PROCESSES, *ENDLESS)]
+    with started(command, out) as run:
+        wait_for(lambda: (out / "checkpoints" / "step_0000005").exists(), [run])
+        workers([run], 2)[1].send_signal(signal.SIGTERM)
+        run.wait(timeout=120)
+    stdout, stderr = output(out)
+    assert worker_tracebacks(stderr) == [] and "lost contact" not in stderr, stderr[-3000:]
+    newest = newest_checkpoint(out)
+    assert find_damage(newest) is None and (newest / "random_states_1.pkl").is_file()
+    stopped_at = int(newest.name.removeprefix("step_"))
+    assert stopped_at > 5 and f"interrupted at step {stopped_at} of 100000 (SIGTERM)" in stdout
+    evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, stopped_at]
+    assert f"step {stopped_at}, val loss {evals[1]['val_loss']:.4f}" in describe_trained(out)
 
 
 @pytest.mark.slow

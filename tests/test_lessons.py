@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import yaml
 from PIL import Image
 
 from gpt.analysis.figures import save_png
@@ -49,8 +50,13 @@ def test_every_lesson_draws_small_pngs(tmp_path):
             assert figure.title and figure.caption
 
 
-def line(figure, label: str):
+def line_artist(figure, label: str):
     (found,) = [ln for ax in figure.axes for ln in ax.get_lines() if ln.get_label() == label]
+    return found
+
+
+def line(figure, label: str):
+    found = line_artist(figure, label)
     return list(found.get_xdata()), list(found.get_ydata())
 
 
@@ -71,3 +77,18 @@ def test_data_plots_the_gap_against_training_tokens(tmp_path):
     gaps = [ln for ln in figure.figure.axes[1].get_lines() if len(ln.get_xdata()) == 3]
     assert [list(ln.get_xdata()) for ln in gaps] == [[900, 9_000, 90_000]]
     assert list(gaps[0].get_ydata()) == [m.final_val - m.final_train for m in runs]
+
+
+def test_in_data_png_a_final_val_loss_at_the_best_one_shows_both(tiny_run):
+    """A run whose last evaluation is its best has its final and best val loss at one point: the
+    best's marker is a ring around the final's, so that neither hides the other."""
+    run = load_run(tiny_run, "tiny")
+    config = config_from_dict(yaml.safe_load((tiny_run / "config.yaml").read_text()))
+    runs = [Measured(f"{t}", {}, config, run, t, 10.0, 15.0) for t in (900, 9_000, 90_000)]
+    assert runs[0].final_val == runs[0].best_val  # its loss still falls at the end
+    (figure,) = ANALYSES["data"](runs)
+    final = line_artist(figure.figure, "final val loss")
+    best = line_artist(figure.figure, "best val loss")
+    assert list(final.get_ydata()) == list(best.get_ydata())  # the same points
+    assert best.get_fillstyle() == "none" and best.get_markersize() > final.get_markersize()
+    assert final.get_fillstyle() == "full"

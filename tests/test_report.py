@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import matplotlib.image
+import pytest
 import yaml
 from PIL import Image
 
-from gpt.analysis.figures import loss_figure
+from gpt.analysis.figures import (
+    SCHEDULE_POINTS,
+    gap_figure,
+    learning_rate_figure,
+    loss_figure,
+    schedule_steps,
+)
 from gpt.analysis.report import FIGURES, REPORT_FILE
 from gpt.analysis.runs import gap_growth_start, load_runs
 from gpt.base.cli import run_cli
-from gpt.base.config import ModelConfig
+from gpt.base.config import ModelConfig, TrainConfig
 from gpt.models.gpt import build_model
 from gpt.report import _main as report_main
 from gpt.run.weights import save_model
+from gpt.training.schedule import learning_rate
 
 from .conftest import ROOT, run_python
-from .test_trainer import sigterm_after_the_first_train_record
+from .test_trainer import signal_once, sigterm_after_the_first_train_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Evaluations every 20 steps. The gap (val - train) is 0.10, 0.11, 0.105, 0.12, 0.15, 0.19: its
@@ -241,6 +252,93 @@ def test_a_clean_stop_writes_the_report(shakespeare_char, tmp_path):
     (row,) = table(out / "report" / REPORT_FILE)
     assert row["steps"].endswith("(stopped by signal)")
     assert_valid_pngs(out / "report")
+
+
+def test_a_run_stopped_between_two_logs_reports_the_steps_it_took(shakespeare_char, tmp_path):
+    """Console, run.json and report.md give one step count: the trainer's, not the last logged."""
+    out = tmp_path / "run"
+    command = train_command(
+        shakespeare_char, out, "train.max_iters=100000", "train.log_interval=100000",
+        "train.eval_interval=100000", "train.checkpoint_interval=5",
+    )  # fmt: skip
+    returncode, stdout, stderr = signal_once(
+        command, lambda: (out / "checkpoints" / "step_0000005").is_dir()
+    )
+    assert returncode == 128 + signal.SIGTERM, stderr
+    step = json.loads((out / "run.json").read_text())["step"]
+    assert step > 5 and f"interrupted at step {step} of 100000 (SIGTERM)" in stdout
+    (row,) = table(out / "report" / REPORT_FILE)
+    assert row["steps"] == f"{step:,} (stopped by signal)"
+    assert row["tokens seen"] == f"{step * 256:,}"
+
+
+def test_the_steps_are_run_json_s_where_the_records_stop_short(tmp_path):
+    run = synthetic_run(tmp_path / "stopped")  # records to step 100
+    facts = json.loads((run / "run.json").read_text())
+    facts.update(step=121, stopped_early=False, interrupted=True)
+    (run / "run.json").write_text(json.dumps(facts))
+    (loaded,) = load_runs([run])
+    assert loaded.last_step == 121 and loaded.tokens_seen == 121 * 512
+    assert run_cli(report_main, [str(run)]) == 0
+    (row,) = table(run / "report" / REPORT_FILE)
+    assert row["steps"] == "121 (stopped by signal)"
+
+
+def test_the_learning_rate_figure_draws_the_schedule_from_the_first_step(tiny_run):
+    """The rate of every step, the warmup's start included, computed from config.yaml's
+    schedule; the logged rates (every 5 steps) lie on it."""
+    (run,) = load_runs([tiny_run])
+    (ax,) = learning_rate_figure([run]).axes
+    schedule, logged = ax.get_lines()
+    train = TrainConfig.model_validate(
+        yaml.safe_load((tiny_run / "config.yaml").read_text())["train"]
+    )
+    assert list(schedule.get_xdata()) == list(range(1, 21))
+    assert list(schedule.get_ydata()) == [learning_rate(step, train) for step in range(20)]
+    assert schedule.get_ydata()[0] == pytest.approx(train.learning_rate / 6)  # warmup: 1/(5+1)
+    assert list(logged.get_xdata()) == [5, 10, 15, 20]
+    on_schedule = dict(zip(schedule.get_xdata(), schedule.get_ydata(), strict=True))
+    assert list(logged.get_ydata()) == [on_schedule[step] for step in logged.get_xdata()]
+    assert ax.get_xlim()[0] == 0 and ax.get_ylim()[0] == 0
+
+
+def test_a_long_runs_schedule_is_drawn_at_its_bends_and_evenly_between():
+    train = TrainConfig(max_iters=600_000, warmup_iters=2_000, lr_decay_iters=500_000)
+    steps = schedule_steps(600_000, train)
+    assert steps[0] == 1 and steps[-1] == 600_000 and len(steps) <= SCHEDULE_POINTS + 3
+    assert {2_001, 500_001} <= set(steps)  # the first step at the peak, the first at min_lr
+    assert schedule_steps(20, train) == list(range(1, 21))
+
+
+def test_one_evaluation_is_a_point_on_the_runs_steps_with_a_note(shakespeare_char, tmp_path):
+    """A run killed before its second evaluation has one: its gap is one point, drawn large on
+    an axis of the run's steps (not a sliver around step 0), and said to be no trend yet."""
+    out = tmp_path / "run"
+    command = train_command(
+        shakespeare_char, out, "train.max_iters=100000", "train.eval_interval=100000"
+    )
+    process = subprocess.Popen([sys.executable, *command], cwd=ROOT, stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and '"train"' in metrics.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+
+    (run,) = load_runs([out])
+    assert len(run.evals) == 1 and run.last_step >= 5
+    (ax,) = gap_figure([run]).axes
+    (point,) = [line for line in ax.get_lines() if line.get_label() == "run"]
+    assert list(point.get_xdata()) == [0] and point.get_markersize() >= 8
+    low, high = ax.get_xlim()
+    assert low < 0 and high > run.last_step
+    assert [text.get_text() for text in ax.texts] == [
+        "run: one evaluation, a point without a trend yet"
+    ]
+    assert run_cli(report_main, [str(out)]) == 0
+    report = (out / "report" / REPORT_FILE).read_text()
+    assert "`run`: one evaluation (step 0), so one point: how the gap changes shows" in report
 
 
 def test_a_report_that_cannot_be_written_never_fails_the_run(shakespeare_char, tmp_path):

@@ -7,17 +7,19 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from bench.fault_runs import free_port
-from gpt.base.config import TrainConfig
+from gpt.base.config import ModelConfig, TrainConfig
 from gpt.data.tokens import BatchSlice, TokenData
-from gpt.training.trainer import learning_rate
+from gpt.run.weights import load_model
+from gpt.training.schedule import learning_rate
 
 from .conftest import CORPUS, ROOT, run_python
 
@@ -300,16 +302,23 @@ def test_a_run_killed_with_sigkill_resumes_to_bitwise_identical_weights(shakespe
 def sigterm_after_the_first_train_record(args: list[str], out: Path) -> tuple[int, str, str]:
     """Start ``python ARGS`` (a run into ``out``), SIGTERM it once metrics.jsonl holds a train
     record, and wait for it: its exit code, stdout and stderr."""
+    metrics = out / "metrics.jsonl"
+    return signal_once(args, lambda: metrics.exists() and '"train"' in metrics.read_text())
+
+
+def signal_once(
+    args: list[str], ready: Callable[[], bool], signum: int = signal.SIGTERM
+) -> tuple[int, str, str]:
+    """Start ``python ARGS``, send it ``signum`` once ``ready()``, and wait for it: its exit
+    code, stdout and stderr."""
     process = subprocess.Popen(
         [sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 120
-    while (
-        not (out / "metrics.jsonl").exists() or '"train"' not in (out / "metrics.jsonl").read_text()
-    ):
+    while not ready():
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)
     return process.returncode, stdout, stderr
 
@@ -328,6 +337,71 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_the_signals_code(shakespeare_
     assert ending.startswith(f"interrupted at step {state['step']} of 100000 (SIGTERM); ")
     assert ending.endswith("; checkpoint saved: run the same command again to resume")
     assert "finished at step" not in stdout
+
+
+# Runs that only a signal ends, with a checkpoint at step 5 to signal them after: the step-0
+# evaluation is their only scheduled one.
+UNTIL_STOPPED = [
+    "train.max_iters=100000",
+    "train.eval_interval=100000",
+    "train.checkpoint_interval=5",
+    "train.keep_checkpoints=99",
+]
+
+
+def signal_after_step_5(args: list[str], out: Path, signum: int) -> tuple[int, str, str]:
+    return signal_once(args, lambda: (out / "checkpoints" / "step_0000005").is_dir(), signum)
+
+
+def best_weights_step(out: Path) -> int:
+    with safe_open(str(out / "model.safetensors"), framework="pt") as weights:
+        return int(weights.metadata()["step"])
+
+
+def test_ctrl_c_before_the_first_evaluation_keeps_the_weights_it_trained(
+    shakespeare_char, tmp_path
+):
+    """A run stopped before its first scheduled evaluation evaluates on its way out, so the best
+    weights that sampling, gpt.evaluate and gpt.report use are not the untrained step-0 ones."""
+    out = tmp_path / "run"
+    returncode, stdout, stderr = signal_after_step_5(
+        train_args(shakespeare_char, out, *UNTIL_STOPPED), out, signal.SIGINT
+    )
+    assert returncode == 128 + signal.SIGINT, stderr
+    checkpoint = sorted((out / "checkpoints").glob("step_*"))[-1]
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    stopped_at = state["step"]
+    evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, stopped_at]
+    assert evals[1]["val_loss"] < evals[0]["val_loss"]  # trained: a new best
+    assert state["best_step"] == best_weights_step(out) == stopped_at
+    config = ModelConfig.model_validate(state["model_config"])
+    trained = load_model(checkpoint / "model.safetensors", config).state_dict()
+    assert_same_weights(load_model(out / "model.safetensors").state_dict(), trained)
+    assert f"step {stopped_at}: train loss " in stdout
+    assert f"interrupted at step {stopped_at} of 100000 (SIGINT); best val loss " in stdout
+
+
+def test_a_stopped_runs_evaluation_keeps_no_worse_weights_and_ends_no_run_early(
+    shakespeare_char, tmp_path
+):
+    """With a learning rate too small to change a weight, the stop's evaluation equals step 0's:
+    no new best, so the step-0 weights stay; and with a patience of 1 it still does not end the
+    run as stopped early, for it is no scheduled evaluation: the run resumes."""
+    out = tmp_path / "run"
+    frozen = ["train.learning_rate=1e-30", "train.min_lr=0", "train.early_stopping_patience=1"]
+    args = train_args(shakespeare_char, out, *UNTIL_STOPPED, *frozen)
+    returncode, stdout, stderr = signal_after_step_5(args, out, signal.SIGTERM)
+    assert returncode == 128 + signal.SIGTERM, stderr
+    state = json.loads(
+        (sorted((out / "checkpoints").glob("step_*"))[-1] / "trainer_state.json").read_text()
+    )
+    evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, state["step"]]
+    assert evals[1]["val_loss"] == evals[0]["val_loss"]
+    assert state["best_step"] == best_weights_step(out) == 0
+    assert state["evals_without_improvement"] == 0 and state["stopped_early"] is False
+    assert "interrupted at step" in stdout and "stopped early" not in stdout
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(shakespeare_char, tmp_path):

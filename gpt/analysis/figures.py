@@ -8,6 +8,10 @@ import io
 from pathlib import Path
 
 from gpt.analysis.runs import Run
+from gpt.base.config import TrainConfig
+from gpt.training.schedule import learning_rate
+
+SCHEDULE_POINTS = 2000  # a long run's learning-rate schedule is drawn at about this many steps
 
 FIGURE_SIZE = (7.0, 3.6)  # inches, at DPI dots per inch: 700 x 360 pixels
 DPI = 100
@@ -112,13 +116,23 @@ def gap_figure(runs: list[Run]):
     for run in runs:
         color = colors[run.name]
         steps = [r["step"] for r in run.evals]
-        ax.plot(steps, run.gaps, color=color, marker="o", markersize=3, label=run.name)
+        size = 3 if len(steps) > 1 else 8  # a lone point must be seen
+        ax.plot(steps, run.gaps, color=color, marker="o", markersize=size, label=run.name)
         start = run.gap_growth_step
         if start is not None:
             ax.axvline(
                 start, color=color, linestyle="--",
                 label=_legend_label(f"{run.name}: grows from step {start}", detailed),
             )  # fmt: skip
+    span = max((run.last_step for run in runs), default=0)
+    if span:  # the steps of the runs, where one evaluation alone would get an axis of its own
+        ax.set_xlim(-0.02 * span, 1.02 * span)
+    lone = [run.name for run in runs if len(run.evals) == 1]
+    if lone:
+        ax.text(
+            0.5, 0.96, f"{', '.join(lone)}: one evaluation, a point without a trend yet",
+            transform=ax.transAxes, ha="center", va="top", fontsize="small",
+        )  # fmt: skip
     ax.set_xlabel("step")
     ax.set_ylabel("val loss - train loss (nats)")
     ax.set_title("Generalisation gap")
@@ -143,6 +157,38 @@ def series_figure(runs: list[Run], key: str, label: str, log_scale: bool = False
     ax.set_title(label[0].upper() + label[1:])
     _legend(ax)
     return figure
+
+
+def learning_rate_figure(runs: list[Run]):
+    """The learning rate of every step from the first, warmup included: each run's schedule, computed
+    from its config.yaml, with the logged rates as points on it (the logged rates alone where the
+    config cannot be read). Step k trains at ``learning_rate(k - 1)``, the rate its record logs."""
+    figure, (ax,) = new_figure()
+    colors = _colors(runs)
+    for run in runs:
+        color = colors[run.name]
+        logged = [r["step"] for r in run.train], [r["lr"] for r in run.train]
+        if run.schedule is None:
+            ax.plot(*logged, color=color, linewidth=1.0, label=run.name)
+            continue
+        steps = schedule_steps(run.last_step, run.schedule)
+        rates = [learning_rate(step - 1, run.schedule) for step in steps]
+        ax.plot(steps, rates, color=color, linewidth=1.0, label=run.name)
+        ax.plot(*logged, color=color, marker=".", linestyle="none")  # no label: not in the legend
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.set(xlabel="step", ylabel="learning rate", title="Learning rate")
+    _legend(ax)
+    return figure
+
+
+def schedule_steps(last_step: int, train: TrainConfig) -> list[int]:
+    """The steps from 1 to ``last_step`` to draw a schedule at: every one in a short run; in a long
+    one, about SCHEDULE_POINTS evenly spaced ones and those where the schedule bends (the first at
+    the peak rate, the first at ``min_lr``)."""
+    stride = max(1, last_step // SCHEDULE_POINTS)
+    bends = [b for b in (train.warmup_iters + 1, train.decay_iters + 1) if b <= last_step]
+    return sorted({*range(1, last_step + 1, stride), *bends, *([last_step] if last_step else [])})
 
 
 def throughput_figure(runs: list[Run]):

@@ -38,7 +38,8 @@ def analysis(name: str) -> Callable[[Analysis], Analysis]:
 LOSSES = (  # what the loss figures show: label, value, line style
     ("final train loss", lambda m: m.final_train, dict(linestyle="--", marker="s")),
     ("final val loss", lambda m: m.final_val, dict(linestyle=":", marker="v")),
-    ("best val loss", lambda m: m.best_val, dict(marker="o")),
+    # a ring around the final val marker: a run whose last evaluation is its best shows both
+    ("best val loss", lambda m: m.best_val, dict(marker="o", markersize=10, fillstyle="none")),
     ("test loss (best weights)", lambda m: m.test_loss, dict(marker="^")),
 )
 

@@ -12,7 +12,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from gpt.analysis.figures import gap_figure, loss_figure, save_png, series_figure, throughput_figure
+from gpt.analysis.figures import (
+    gap_figure,
+    learning_rate_figure,
+    loss_figure,
+    save_png,
+    series_figure,
+    throughput_figure,
+)
 from gpt.analysis.runs import GAP_MIN_RISES, GAP_TOLERANCE, Run, load_runs
 from gpt.base.errors import one_line
 from gpt.base.files import replace_file, write_text
@@ -31,10 +38,7 @@ FIGURES: dict[str, tuple[str, Callable[[list[Run]], Any]]] = {
     "loss_vs_step.png": ("Loss against step", lambda runs: loss_figure(runs, "step")),
     "loss_vs_tokens.png": ("Loss against tokens seen", lambda runs: loss_figure(runs, "tokens")),
     "generalisation_gap.png": ("Generalisation gap", gap_figure),
-    "learning_rate.png": (
-        "Learning rate",
-        lambda runs: series_figure(runs, "lr", "learning rate"),
-    ),
+    "learning_rate.png": ("Learning rate", learning_rate_figure),
     "grad_norm.png": (
         "Gradient norm",
         lambda runs: series_figure(runs, "grad_norm", "gradient norm (before clipping)", True),
@@ -92,25 +96,36 @@ def _explain(file_name: str, runs: list[Run]) -> list[str]:
             "early stop.",
             "",
         ]
+    if file_name == "learning_rate.png":
+        return [
+            "The learning rate of every step, from the first: the warmup from 0, then the decay, "
+            "computed from each run's schedule in its config.yaml; dots: the rates its train "
+            "records logged.",
+            "",
+        ]
     if file_name != "generalisation_gap.png":
         return []
-    growth = []
-    for run in runs:
-        step = run.gap_growth_step
-        growth.append(
-            f"`{run.name}`: the gap grows from step {step} on."
-            if step is not None
-            else f"`{run.name}`: the gap is not growing at the end of the run."
-        )
     return [
         "Validation loss minus train loss at each evaluation. It starts to grow at the first "
         "evaluation of the final stretch over which it rises at every evaluation (by more than "
         f"{GAP_TOLERANCE} nats, at least {GAP_MIN_RISES} times in a row): from there on the model "
         "fits its training data better than data it has not seen.",
         "",
-        *growth,
+        *[_gap_course(run) for run in runs],
         "",
     ]
+
+
+def _gap_course(run: Run) -> str:
+    if len(run.evals) == 1:
+        return (
+            f"`{run.name}`: one evaluation (step {run.evals[0]['step']}), so one point: how the "
+            "gap changes shows from the second on."
+        )
+    step = run.gap_growth_step
+    if step is not None:
+        return f"`{run.name}`: the gap grows from step {step} on."
+    return f"`{run.name}`: the gap is not growing at the end of the run."
 
 
 def summary_table(runs: list[Run]) -> list[str]:

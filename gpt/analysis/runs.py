@@ -1,6 +1,9 @@
 """Training runs as the analyses read them: a run folder's metrics, facts and weights, with the
 definitions every report and lesson shares.
 
+* **steps**: the steps the run took, as the trainer counts them (its console, its checkpoints and
+  ``run.json`` say the same), not the last logged step: a run stopped between two logs took more.
+  A folder without ``run.json`` counts to its last record.
 * **tokens seen** after a step: step x tokens per step, where a step takes ``batch_size x
   gradient_accumulation_steps x processes x block_size`` tokens. Runs without ``run.json`` (made
   before the trainer wrote one) are counted as one process, and the report says so.
@@ -22,8 +25,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydantic
 import safetensors
 
+from gpt.base.config import TrainConfig
 from gpt.base.errors import UserError
 from gpt.run.folder import (
     METRICS_FILE,
@@ -47,16 +52,14 @@ class Run:
     dir: Path
     train: list[dict]  # the "train" records of metrics.jsonl
     evals: list[dict]  # the "eval" records
+    last_step: int  # the steps the run has taken (see final_step)
+    schedule: TrainConfig | None  # config.yaml's train section, for its learning-rate schedule
     tokens_per_step: int | None
     processes_assumed: bool  # True: no run.json, so tokens per step assume one process
     parameters: int | None
     stopped_early: bool
     interrupted: bool
     test: dict | None  # eval_test.json, if gpt.evaluate has written one
-
-    @property
-    def last_step(self) -> int:
-        return max((r["step"] for r in self.train + self.evals), default=0)
 
     @property
     def best_eval(self) -> dict | None:
@@ -113,6 +116,8 @@ def load_run(directory: Path, name: str) -> Run:
         dir=directory,
         train=[r for r in records if r.get("kind") == "train"],
         evals=evals,
+        last_step=final_step(facts, records),
+        schedule=_schedule_of(config),
         tokens_per_step=tokens_per_step,
         processes_assumed="tokens_per_step" not in facts and tokens_per_step is not None,
         parameters=count_parameters(directory / WEIGHTS_FILE),
@@ -120,6 +125,26 @@ def load_run(directory: Path, name: str) -> Run:
         interrupted=facts.get("interrupted", False),
         test=read_test_result(directory),
     )
+
+
+def final_step(facts: dict, records: list[dict]) -> int:
+    """The steps a run has taken: the trainer's own count, which its console, checkpoints and
+    ``run.json`` give. A run stopped between two logs took steps that no record holds, so the
+    records alone fall short; they count only where a run has no ``run.json`` (killed, or from
+    before the trainer wrote one) or has gone past it (resumed since, and not ended yet)."""
+    logged = max((r["step"] for r in records), default=0)
+    return max(facts.get("step", 0), logged)
+
+
+def _schedule_of(config: dict) -> TrainConfig | None:
+    """The train section of a run's config.yaml, which fixes its learning rate at every step; None
+    where there is none, or it is not one this version reads (a run of an older version)."""
+    if not isinstance(config.get("train"), dict):
+        return None
+    try:
+        return TrainConfig.model_validate(config["train"])
+    except pydantic.ValidationError:
+        return None
 
 
 def _looks_stopped_early(evals: list[dict], config: dict) -> bool:

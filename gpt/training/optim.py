@@ -1,7 +1,7 @@
 """The optimizer that ``train.optimizer`` names, built for a model's parameters.
 
 Each of them turns the gradient g of the loss into a change of the weights w; the learning rate lr
-is the trainer's, set before every step (warmup and decay, :func:`gpt.training.trainer.learning_rate`).
+is the trainer's, set before every step (warmup and decay, :func:`gpt.training.schedule.learning_rate`).
 
 ``sgd``, stochastic gradient descent (Robbins & Monro, 1951)
     w -= lr · g. With ``train.momentum`` μ > 0, the step follows a running sum of gradients instead,

@@ -9,14 +9,16 @@ owns what a step means:
   So the split of the global batch over processes and micro-steps changes the result only where
   it changes the micro-batches, and a resumed run repeats exactly what an uninterrupted one does;
 * the optimizer of ``train.optimizer`` (:mod:`gpt.training.optim`: AdamW by default), the global gradient
-  norm clipped, and the learning rate a pure function of the step (warmup, then cosine, linear or
-  constant decay), set before every step: the schedule has no state of its own to save, and a
-  resumed run follows the config it is given. With ``train.full_batch`` a step is on every window
-  of the training split instead, as L-BFGS needs;
+  norm clipped, and the learning rate a pure function of the step (:mod:`gpt.training.schedule`: warmup,
+  then cosine, linear or constant decay), set before every step: the schedule has no state of its
+  own to save, and a resumed run follows the config it is given. With ``train.full_batch`` a step
+  is on every window of the training split instead, as L-BFGS needs;
 * every ``eval_interval`` steps the mean train and val loss over fixed held-out windows; the best-val
   weights are kept as ``model.safetensors`` and ``early_stopping_patience`` evaluations without a new
   best end the run;
-* checkpoints every ``checkpoint_interval`` steps, on SIGINT/SIGTERM and at the end. A non-finite
+* checkpoints every ``checkpoint_interval`` steps, on SIGINT/SIGTERM and at the end. A run stopped by
+  a signal evaluates once more on its way out, so that its best weights hold the training done (a
+  stop before the first scheduled evaluation would leave the step-0 weights). A non-finite
   loss or gradient norm stops the run before the update is applied, and weights are checked to be
   finite before anything is saved, so every checkpoint holds finite weights.
 
@@ -46,7 +48,7 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.distributed.tensor import DTensor
 
-from gpt.base.config import Config, TrainConfig, fit_warmup_to_run
+from gpt.base.config import Config, fit_warmup_to_run
 from gpt.base.errors import UserError, one_line
 from gpt.data.tokenizer import load_tokenizer
 from gpt.data.tokens import BatchSlice, TokenData
@@ -75,6 +77,7 @@ from gpt.training.console import Console, RunFacts, end_of_run, startup_block
 from gpt.training.launch import runs_on_cpu
 from gpt.training.optim import build_optimizer
 from gpt.training.resume import resume
+from gpt.training.schedule import learning_rate
 from gpt.training.throughput import peak_flops, tf32_enabled, use_tf32
 from gpt.training.tracking import Tracking, new_run_id
 
@@ -115,22 +118,6 @@ class TrainResult:
     def exit_code(self) -> int:
         """0, or 128 + the signal's number, as a shell reports a process the signal stopped."""
         return 128 + self.stop_signal if self.stop_signal else 0
-
-
-def learning_rate(step: int, train: TrainConfig) -> float:
-    """Linear warmup from 0 to ``learning_rate``, then decay to ``min_lr`` at ``decay_iters``."""
-    if step < train.warmup_iters:
-        return train.learning_rate * (step + 1) / (train.warmup_iters + 1)
-    if train.lr_schedule == "constant":
-        return train.learning_rate
-    if step >= train.decay_iters:
-        return train.min_lr
-    progress = (step - train.warmup_iters) / max(1, train.decay_iters - train.warmup_iters)
-    if train.lr_schedule == "cosine":
-        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
-    else:
-        decay = 1.0 - progress
-    return train.min_lr + decay * (train.learning_rate - train.min_lr)
 
 
 def micro_batch_seed(seed: int, step: int, start: int) -> int:
@@ -309,7 +296,8 @@ class Trainer:
             self.console.close_progress()
 
     def _after_step(self, loss: float, grad_norm: float, stop: bool) -> None:
-        """Log, evaluate and checkpoint on their intervals, and always at the end."""
+        """Log, evaluate and checkpoint on their intervals, and always at the end; a run that is
+        stopping (every process agrees that it is) evaluates and checkpoints too."""
         train, step = self.config.train, self.state.step
         self._interval_steps += 1
         finished = step == train.max_iters
@@ -320,8 +308,9 @@ class Trainer:
             self._log_train(step, loss, lr, grad_norm, tokens_per_sec)
             self.console.log_step(step, loss, lr, tokens_per_sec)
             self._interval_start, self._interval_steps = time.perf_counter(), 0
-        if step % train.eval_interval == 0 or finished:
-            self._evaluate()
+        scheduled = step % train.eval_interval == 0 or finished
+        if scheduled or stop:
+            self._evaluate(scheduled)
         if stop or finished or self.state.stopped_early or step % train.checkpoint_interval == 0:
             self._check_weights_are_finite()
             state = self._trainer_state()
@@ -450,11 +439,12 @@ class Trainer:
     # ----- evaluation and early stopping ---------------------------------------------------------
 
     @torch.no_grad()
-    def _evaluate(self) -> None:
+    def _evaluate(self, scheduled: bool = True) -> None:
         """Mean loss over ``eval_iters`` fixed global batches of each split.
 
         An evaluation batch is a global batch like a training one, split over processes and
         micro-steps the same way, so the loss is over the same windows however a run is split.
+        ``scheduled``: one of the ``eval_interval`` evaluations (see :meth:`_record_evaluation`).
         """
         train = self.config.train
         self.model.eval()
@@ -469,16 +459,20 @@ class Trainer:
             mean = total / (train.eval_iters * train.gradient_accumulation_steps)
             losses[split] = self.accelerator.reduce(mean, reduction="mean").item()
         self.model.train()
-        self._record_evaluation(losses["train"], losses["val"])
+        self._record_evaluation(losses["train"], losses["val"], scheduled)
 
-    def _record_evaluation(self, train_loss: float, val_loss: float) -> None:
+    def _record_evaluation(self, train_loss: float, val_loss: float, scheduled: bool) -> None:
+        """Log an evaluation, keep the weights if it is a new best, and count toward early
+        stopping the scheduled evaluations since the best. A stopping run's extra evaluation
+        keeps the weights it finds best like any, but does not count toward the patience: a run
+        that was only paused must not end as if it had stopped improving."""
         step = self.state.step
         improved = val_loss < self.state.best_val_loss
         if improved:
             self.state.best_val_loss, self.state.best_step = val_loss, step
             self.state.evals_without_improvement = 0
             self._save_best_weights()
-        else:
+        elif scheduled:
             self.state.evals_without_improvement += 1
         record = {
             "step": step,
