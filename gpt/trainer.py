@@ -64,7 +64,7 @@ from gpt.errors import UserError
 from gpt.files import write_text
 from gpt.gpt2 import load_gpt2, pretrained_model_config
 from gpt.model import build_model
-from gpt.optim import build_optimizer
+from gpt.optim import build_optimizer, set_learning_rate
 from gpt.report import report_finished_run
 from gpt.resume import resume
 from gpt.throughput import peak_flops, tf32_enabled, use_tf32
@@ -359,8 +359,7 @@ class Trainer:
         A non-finite gradient norm (the same on every process) skips the update.
         """
         train = self.config.train
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(step, train)
+        set_learning_rate(self.optimizer, learning_rate(step, train))
         if train.full_batch:
             loss, grad_norm = self._full_batch_step(step)
         else:
