@@ -271,10 +271,17 @@ class TrainConfig(Section):
                 f"train.momentum is for train.optimizer=sgd (not {self.optimizer}, whose momentum "
                 "is train.beta1); remove it"
             )
-        muon_keys = {"muon_learning_rate", "muon_weight_decay", "muon_momentum"}
-        if self.optimizer != "muon" and muon_keys & self.model_fields_set:
-            keys = ", ".join(f"train.{key}" for key in sorted(muon_keys & self.model_fields_set))
-            raise ValueError(f"{keys} are for train.optimizer=muon (not {self.optimizer}); remove them")
+        muon_keys = ("muon_learning_rate", "muon_weight_decay", "muon_momentum")
+        changed = [
+            f"train.{key}"
+            for key in muon_keys
+            if getattr(self, key) != TrainConfig.model_fields[key].default
+        ]
+        if changed and self.optimizer != "muon":
+            raise ValueError(
+                f"{', '.join(changed)} are for train.optimizer=muon (not {self.optimizer}); "
+                "remove them"
+            )
         if self.full_batch and self.gradient_accumulation_steps > 1:
             raise ValueError(
                 "train.full_batch=true takes every training window in each step, in chunks of "

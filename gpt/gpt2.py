@@ -64,6 +64,17 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 LAYER_NORM_EPSILON = 1e-5  # GPT-2's, and torch.nn.LayerNorm's default, which our GPT uses
 
+# The modern options (gpt/model.py) at the values GPT-2 has: learned positions, full attention
+# heads, no QK-norm, a tied head, a 4x MLP, LayerNorm's epsilon.
+TEXTBOOK_OPTIONS = {
+    "rope": False,
+    "n_kv_head": None,
+    "head_dim": None,
+    "qk_norm": False,
+    "tie_embeddings": True,
+    "mlp_width": None,
+    "norm_eps": LAYER_NORM_EPSILON,
+}
 _ACTIVATION_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 _ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 _TOP_LEVEL_NAMES = {
@@ -125,6 +136,7 @@ class GPT2Folder:
             "norm": "layer",
             "residual": True,
             "activation": _ACTIVATION_FROM_HF[hf_config.get("activation_function", "gelu_new")],
+            **TEXTBOOK_OPTIONS,
         }
         return cls(path, fixed, hf_config["n_positions"])
 

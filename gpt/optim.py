@@ -61,7 +61,6 @@ from typing import Any
 from torch import nn
 
 from gpt.config import TrainConfig
-from gpt.errors import UserError
 from gpt.lm import LanguageModel
 
 LBFGS_HISTORY = 20  # curvature pairs kept; Nocedal & Wright: 3 to 20 are usually enough
@@ -119,12 +118,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
     """
 
     def __init__(self, model: LanguageModel, train: TrainConfig, device: torch.device):
-        matrices = muon_matrices(model)
-        if not matrices:
-            raise UserError(
-                f"train.optimizer=muon trains the hidden layers' matrices, and this "
-                f"model.arch={model.config.arch} has none; use train.optimizer=adamw"
-            )
+        matrices = muon_matrices(model)  # every architecture here has some
         in_muon = {id(p) for p in matrices}
         self.muon = torch.optim.Muon(
             [{"params": matrices, "lr_scale": train.muon_learning_rate / train.learning_rate}],
