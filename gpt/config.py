@@ -129,7 +129,9 @@ class ModelConfig(Section):
         if self.arch == "gpt":
             return self
         defaults = {key: ModelConfig.model_fields[key].default for key in _GPT_ONLY}
-        set_here = [f"model.{key}" for key, value in defaults.items() if getattr(self, key) != value]
+        set_here = [
+            f"model.{key}" for key, value in defaults.items() if getattr(self, key) != value
+        ]
         if set_here:
             raise ValueError(
                 f"{', '.join(set_here)} are options of model.arch=gpt, not {self.arch}; remove them"

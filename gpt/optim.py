@@ -53,11 +53,10 @@ biases and norm gains (:meth:`gpt.lm.LanguageModel.optimizer_groups`).
 
 from __future__ import annotations
 
-import torch
-
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from gpt.config import TrainConfig
@@ -100,9 +99,7 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 def muon_matrices(model: LanguageModel) -> list[nn.Parameter]:
     """The matrices Muon trains: every 2-D weight but the embedding tables and the output head."""
-    tables = {
-        id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)
-    }
+    tables = {id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)}
     tables.add(id(model.lm_head.weight))
     return [
         p for p in model.parameters() if p.requires_grad and p.dim() == 2 and id(p) not in tables
