@@ -62,9 +62,9 @@ from gpt.console import Console, RunFacts, end_of_run, startup_block
 from gpt.data import BatchSlice, TokenData
 from gpt.errors import UserError
 from gpt.files import write_text
-from gpt.gpt2 import load_gpt2, pretrained_model_config
 from gpt.model import build_model
 from gpt.optim import build_optimizer, set_learning_rate
+from gpt.pretrained import load_pretrained, pretrained_model_config
 from gpt.report import report_finished_run
 from gpt.resume import resume
 from gpt.throughput import peak_flops, tf32_enabled, use_tf32
@@ -171,7 +171,7 @@ class Trainer:
         train, self._warmup_note = fit_warmup_to_run(config.train)  # a smoke run's short warmup
         self.config = config = config.model_copy(update={"train": train})
         model_config = config.model
-        if train.init_from is not None:  # the pretrained weights fix the shape (gpt/gpt2.py)
+        if train.init_from is not None:  # the pretrained weights fix the shape (gpt/pretrained.py)
             model_config = pretrained_model_config(config.model, train.init_from, config.data.dir)
         self.data = TokenData(config.data.dir, model_config.block_size, config.data.train_fraction)
         self.model_config = model_config.model_copy(
@@ -206,7 +206,7 @@ class Trainer:
         if train.init_from is None:
             model = build_model(self.model_config)
         else:  # on resume, the checkpoint's weights replace these
-            model = load_gpt2(train.init_from, self.model_config)
+            model = load_pretrained(train.init_from, self.model_config)
         self.flops_per_token = model.flops_per_token()
         self.num_params = model.num_params()
         optimizer = build_optimizer(model, train, self.device)
