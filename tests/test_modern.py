@@ -15,9 +15,17 @@ from gpt.model import GPT, GatedFeedForward, Rotation, build_model
 from gpt.optim import MuonWithAdamW, build_optimizer, muon_matrices, set_learning_rate
 from gpt.trainer import Trainer
 
-from .conftest import ROOT
+from .conftest import ROOT, run_python
 from .test_optim import RUN, small_data  # noqa: F401 (a fixture)
-from .test_trainer import assert_same_weights, final_weights, read_metrics
+from .test_trainer import (
+    EQUIVALENCE,
+    accelerate_launch,
+    assert_same_weights,
+    final_weights,
+    free_port,
+    read_metrics,
+    train_args,
+)
 
 VOCAB, BLOCK = 37, 16
 CPU = torch.device("cpu")
@@ -249,3 +257,26 @@ def test_the_modern_preset_learns_and_resumes_bitwise_with_muon(small_data, tmp_
     shutil.rmtree(resumed / "checkpoints" / "step_0000008")
     train_modern(small_data, resumed)
     assert_same_weights(final_weights(uninterrupted), final_weights(resumed))
+
+
+@pytest.mark.slow
+def test_the_modern_preset_trains_the_same_model_in_two_processes(shakespeare_char, tmp_path):
+    """Muon steps on the all-reduced gradient: 2 gloo processes of 4 sequences each train the model
+    that one process trains on the 8. To bfloat16's precision, not fp32's: the all-reduce sums in
+    another order, and Muon's Newton-Schulz iterations run in bfloat16 (torch.optim.Muon, as
+    Keller Jordan's), which turns differences of 1e-7 into ones of 2^-8 of a step (lr 0.02)."""
+    modern = ["model.n_head=4", "model.n_kv_head=2", *EQUIVALENCE]
+    one, two = tmp_path / "one_process", tmp_path / "two_processes"
+    config = "shakespeare_char_modern.yaml"
+    runs = [
+        run_python(
+            *train_args(shakespeare_char, one, *modern, "train.batch_size=8", config=config)
+        ),
+        run_python(
+            *accelerate_launch(machines=1, machine_rank=0, port=free_port()),
+            *train_args(shakespeare_char, two, *modern, "train.batch_size=4", config=config),
+        ),
+    ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_weights(final_weights(one), final_weights(two), atol=1e-3)
