@@ -2,6 +2,8 @@
 head, zero-initialised projections) and the Muon optimizer: each changes the model or the update
 as it claims, and a run with all of them learns and resumes exactly."""
 
+import json
+import re
 import shutil
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt.checkpoint import check_model_shape
 from gpt.config import ModelConfig, TrainConfig, load_config
 from gpt.errors import UserError
 from gpt.model import GPT, GatedFeedForward, Rotation, build_model
@@ -183,6 +186,23 @@ def test_head_dim_decouples_the_heads_width_from_the_embedding():
     assert attention.qkv.out_features == 4 * 16 + 2 * 2 * 16
     assert attention.residual_proj.in_features == 64
     assert model(tokens(2, 5))[0].shape == (2, 5, VOCAB)
+
+
+@pytest.mark.parametrize(
+    ("saved", "configured", "difference"),
+    [
+        (dict(), dict(rope=True), "model.rope: checkpoint False vs config True"),
+        (MODERN, {**MODERN, "n_kv_head": 4}, "model.n_kv_head: checkpoint 2 vs config 4"),
+        (MODERN, {**MODERN, "tie_embeddings": True}, "model.tie_embeddings: checkpoint False"),
+    ],
+)
+def test_resuming_with_other_modern_options_is_refused(tmp_path, saved, configured, difference):
+    settings = dict(n_layer=2, n_head=4, n_embd=32, block_size=BLOCK, vocab_size=VOCAB)
+    state = {"model_config": ModelConfig(**settings, **saved).model_dump(mode="json")}
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
+    check_model_shape(tmp_path, ModelConfig(**settings, **saved))  # the same: fine
+    with pytest.raises(UserError, match=re.escape(difference)):
+        check_model_shape(tmp_path, ModelConfig(**settings, **configured))
 
 
 # ----- Muon --------------------------------------------------------------------------------------
