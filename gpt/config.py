@@ -132,6 +132,8 @@ class ModelConfig(Section):
         set_here = [
             f"model.{key}" for key, value in defaults.items() if getattr(self, key) != value
         ]
+        if self.activation == "swiglu":
+            set_here.append("model.activation=swiglu")
         if set_here:
             raise ValueError(
                 f"{', '.join(set_here)} are options of model.arch=gpt, not {self.arch}; remove them"

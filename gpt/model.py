@@ -17,6 +17,7 @@ The modern options, each one key, together Llama's and Qwen3's design (configs/l
 (RMSNorm, gpt/lm.py), ``activation: swiglu`` (:class:`GatedFeedForward`), ``qk_norm``,
 ``n_kv_head`` (grouped-query attention), ``tie_embeddings: false`` and ``zero_init_proj``
 (gpt/lm.py). With every key at its default the model is the textbook one above.
+
 Attention runs through ``F.scaled_dot_product_attention``, which picks a fused or flash kernel
 where one is available. GELU is by default the exact one, x·Φ(x), rather than GPT-2's tanh
 approximation: the two differ by less than 1e-3 and a model trained from scratch does not care, but
@@ -70,7 +71,8 @@ class KVCache:
 
     The tensors are allocated once at their full length (B, n_kv_head, block_size, head_dim) per
     layer (grouped-query attention stores only its key/value heads); ``length`` counts the positions
-    filled. Keys are stored rotated (RoPE), each at the position it was fed at. :meth:`GPT.forward` advances it.
+    filled, and :meth:`GPT.forward` advances it. Keys are stored rotated (RoPE), each at the
+    position it was fed at.
     """
 
     def __init__(

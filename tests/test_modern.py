@@ -171,6 +171,7 @@ def test_default_keys_build_the_textbook_gpt():
     [
         (["model.rope=true", "model.n_embd=36", "model.n_head=4"], "must be even"),
         (["model.arch=mlp", "model.rope=true"], "model.rope are options of model.arch=gpt"),
+        (["model.arch=cnn", "model.activation=swiglu"], "model.activation=swiglu are options"),
         (["train.muon_learning_rate=0.01"], "are for train.optimizer=muon"),
         (["model.n_embd=30", "model.n_head=4"], "or set model.head_dim"),
     ],
