@@ -159,7 +159,11 @@ class MuonWithAdamW(torch.optim.Optimizer):
         return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The saved state, with this run's ``lr_scale``: the saved groups would bring back the
+        saved run's, and with it a ``train.muon_learning_rate`` changed since."""
+        lr_scale = self.muon.param_groups[0]["lr_scale"]
         self.muon.load_state_dict(state_dict["muon"])
+        self.muon.param_groups[0]["lr_scale"] = lr_scale
         self.adamw.load_state_dict(state_dict["adamw"])
 
     def __repr__(self) -> str:

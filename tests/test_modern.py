@@ -226,6 +226,15 @@ def test_muon_trains_the_blocks_matrices_and_adamw_the_rest():
     assert rates[0] == pytest.approx(0.01) and rates[1:] == [5e-4, 5e-4]
 
 
+def test_a_resumed_run_takes_the_muon_learning_rate_of_its_config():
+    model = make_gpt(**MODERN)
+    saved = build_optimizer(model, TrainConfig(optimizer="muon", muon_learning_rate=0.02), CPU)
+    resumed = build_optimizer(model, TrainConfig(optimizer="muon", muon_learning_rate=0.04), CPU)
+    resumed.load_state_dict(saved.state_dict())
+    set_learning_rate(resumed, 1e-3)  # the peak
+    assert resumed.param_groups[0]["lr"] == pytest.approx(0.04)
+
+
 def test_a_muon_step_is_an_orthogonalised_momentum():
     """From rest, Muon's first step is lr times about U V^T of the gradient G = U S V^T: all
     singular values of the change near one, however unequal the gradient's are."""
