@@ -14,6 +14,7 @@ from torch import nn
 from gpt.checkpoint import check_model_shape
 from gpt.config import ModelConfig, TrainConfig, load_config
 from gpt.errors import UserError
+from gpt.launch import check_launch
 from gpt.model import GPT, GatedFeedForward, Rotation, build_model
 from gpt.optim import MuonWithAdamW, build_optimizer, muon_matrices, set_learning_rate
 from gpt.trainer import Trainer
@@ -233,6 +234,14 @@ def test_a_resumed_run_takes_the_muon_learning_rate_of_its_config():
     resumed.load_state_dict(saved.state_dict())
     set_learning_rate(resumed, 1e-3)  # the peak
     assert resumed.param_groups[0]["lr"] == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_muon_refuses_a_sharded_launch(variable):
+    muon = TrainConfig(optimizer="muon")
+    check_launch(muon, {"ACCELERATE_USE_FSDP": "false"})  # plain DDP: fine
+    with pytest.raises(UserError, match="muon orthogonalises whole weight matrices"):
+        check_launch(muon, {variable: "true"})
 
 
 def test_a_muon_step_is_an_orthogonalised_momentum():
