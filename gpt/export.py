@@ -73,9 +73,9 @@ def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False) 
         family, problems, save = "GPT-2", gpt2_problems(config), save_gpt2
     if problems:
         raise UserError(
-            f"{checkpoint} holds a GPT with {', '.join(problems)}, which {family} does not have "
-            "(model.rope=true exports as Llama, or Qwen3 with model.qk_norm=true; false as GPT-2), "
-            "so transformers has no model computing it"
+            f"{checkpoint} holds a GPT that {family} cannot compute: {'; '.join(problems)} (a GPT "
+            "with model.rope=true exports as Llama, or Qwen3 with model.qk_norm=true; one without "
+            "as GPT-2)"
         )
     with staging_folder(out) as staging:
         save(model, tokenizer, staging)

@@ -237,16 +237,36 @@ class GPT2Folder:
 
 
 def gpt2_problems(config: ModelConfig) -> list[str]:
-    """The settings of ``config`` that keep its GPT from being a GPT-2 model, as
-    ``model.key=value``; empty when it maps onto GPT-2."""
-    needed = {"norm": "layer", "residual": True, "activation": ("gelu", "gelu_tanh")}
-    needed |= TEXTBOOK_OPTIONS
-    problems = []
-    for key, value in needed.items():
-        ours = getattr(config, key)
-        if ours not in (value if isinstance(value, tuple) else (value,)):
-            problems.append(f"model.{key}={_shown(ours)}")
-    return problems
+    """The settings of ``config`` that keep its GPT from being a GPT-2 model, each as
+    ``model.key=value (what GPT-2 has)``; empty when it maps onto GPT-2."""
+    checks = [
+        (config.norm == "layer", f"model.norm={config.norm} (GPT-2 has layer)"),
+        (config.residual, "model.residual=false (GPT-2 has residual connections)"),
+        (
+            config.activation in _ACTIVATION_TO_HF,
+            f"model.activation={config.activation} (GPT-2 has gelu or gelu_tanh)",
+        ),
+        (not config.rope, "model.rope=true (GPT-2 learns its positions)"),
+        (
+            config.kv_heads == config.n_head,
+            f"model.n_kv_head={config.n_kv_head} (GPT-2 has n_head key/value heads)",
+        ),
+        (
+            config.attention_head_dim * config.n_head == config.n_embd,
+            f"model.head_dim={config.head_dim} (GPT-2's is n_embd / n_head)",
+        ),
+        (not config.qk_norm, "model.qk_norm=true (GPT-2 has none)"),
+        (config.tie_embeddings, "model.tie_embeddings=false (GPT-2 ties its head)"),
+        (
+            config.feed_forward_width == 4 * config.n_embd,
+            f"model.mlp_width={config.mlp_width} (GPT-2's is 4 x n_embd)",
+        ),
+        (
+            math.isclose(config.norm_eps, LAYER_NORM_EPSILON),
+            f"model.norm_eps={config.norm_eps} (GPT-2's is {LAYER_NORM_EPSILON})",
+        ),
+    ]
+    return [problem for fine, problem in checks if not fine]
 
 
 def load_gpt2(path: str | Path, config: ModelConfig | None = None) -> GPT:

@@ -54,14 +54,8 @@ from gpt.tokenizer import Tokenizer
 
 FAMILIES = {"llama": "Llama", "qwen3": "Qwen3"}  # model_type -> name
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
-# What both families need of our config (the key, the value needed, why).
-_NEEDED = (
-    ("rope", True, "rotary positions"),
-    ("norm", "rms", "RMSNorm"),
-    ("activation", "swiglu", "a SwiGLU MLP"),
-    ("bias", False, "no biases"),
-    ("residual", True, "residual connections"),
-)
+# What both families need of our config.
+_NEEDED = {"rope": True, "norm": "rms", "activation": "swiglu", "bias": False, "residual": True}
 # config.json settings this GPT cannot express, with the value it needs (None: absent is fine too).
 _REQUIRED_SETTINGS = {
     "hidden_act": "silu",
@@ -74,11 +68,11 @@ _REQUIRED_SETTINGS = {
 
 
 def llama_problems(config: ModelConfig) -> list[str]:
-    """The settings of ``config`` that keep its GPT from being a Llama or Qwen3 model, as
-    ``model.key=value (needs ...)``; empty when it maps onto one."""
+    """The settings of ``config`` that keep its GPT from being a Llama or Qwen3 model, each as
+    ``model.key=value (what they have)``; empty when it maps onto one."""
     return [
-        f"model.{key}={_shown(getattr(config, key))} (Llama and Qwen3 have {why}: {_shown(value)})"
-        for key, value, why in _NEEDED
+        f"model.{key}={_shown(getattr(config, key))} (Llama and Qwen3 have {_shown(value)})"
+        for key, value in _NEEDED.items()
         if getattr(config, key) != value
     ]
 

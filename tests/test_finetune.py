@@ -325,10 +325,13 @@ def test_the_baselines_are_not_exported(capsys, shakespeare_char, tmp_path):
 @pytest.mark.parametrize(
     ("settings", "problem"),
     [
-        (dict(residual=False), "model.residual=false, which GPT-2 does not have"),
-        (dict(norm="none"), "model.norm=none, which GPT-2 does not have"),
-        (dict(qk_norm=True), "model.qk_norm=true, which GPT-2 does not have"),
-        (dict(rope=True), "model.norm=layer (Llama and Qwen3 have RMSNorm: rms)"),
+        (dict(residual=False), "GPT-2 cannot compute: model.residual=false (GPT-2 has residual"),
+        (dict(norm="none"), "GPT-2 cannot compute: model.norm=none (GPT-2 has layer)"),
+        (dict(qk_norm=True), "GPT-2 cannot compute: model.qk_norm=true (GPT-2 has none)"),
+        (
+            dict(rope=True),
+            "Llama or Qwen3 cannot compute: model.norm=layer (Llama and Qwen3 have rms)",
+        ),
     ],
 )
 def test_a_gpt_that_neither_gpt2_nor_llama_computes_is_not_exported(

@@ -15,6 +15,8 @@ import torch
 from gpt.config import ModelConfig
 from gpt.errors import UserError
 from gpt.export import export_hf
+from gpt.gpt2 import gpt2_problems
+from gpt.llama import llama_problems
 from gpt.model import GPT
 from gpt.pretrained import load_pretrained, read_folder
 
@@ -182,3 +184,18 @@ def test_a_llama_folder_fine_tunes_through_train_py(tmp_path, hf_folder):
     first_eval = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert first_eval["step"] == 0 and math.isfinite(first_eval["val_loss"])
     assert "rope: true" in (out / "config.yaml").read_text()
+
+
+def test_which_family_a_gpt_exports_as():
+    textbook_written_out = ModelConfig(n_embd=32, n_head=4, n_kv_head=4, head_dim=8, mlp_width=128)
+    assert gpt2_problems(textbook_written_out) == []
+    assert gpt2_problems(ModelConfig(n_embd=32, n_head=4, n_kv_head=2)) == [
+        "model.n_kv_head=2 (GPT-2 has n_head key/value heads)"
+    ]
+    assert [problem.split("=")[0] for problem in llama_problems(ModelConfig(rope=True))] == [
+        "model.norm",
+        "model.activation",
+        "model.bias",
+    ]
+    modern = ModelConfig(rope=True, norm="rms", activation="swiglu", bias=False)
+    assert llama_problems(modern) == []
