@@ -14,8 +14,8 @@ from gpt.interop.export import export_hf
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(
         prog="python -m gpt.export",
-        description="Export a GPT trained by train.py as a Hugging Face GPT-2 folder that "
-        "transformers' AutoModelForCausalLM and AutoTokenizer load offline.",
+        description="Export a GPT trained by train.py as a Hugging Face GPT-2, Llama or Qwen3 "
+        "folder that transformers' AutoModelForCausalLM and AutoTokenizer load offline.",
         epilog="example: python -m gpt.export out/shakespeare_char_cpu --to hf exports/shakespeare",
     )
     parser.add_argument(

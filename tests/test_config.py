@@ -28,6 +28,8 @@ def test_the_bundled_configs_exist():
         "mlp_baseline.yaml",
         "cnn_baseline.yaml",
         "gpt2_124m.yaml",
+        "shakespeare_char_modern.yaml",
+        "llama_124m.yaml",
     } <= names
     assert {p.name for p in ACCELERATE_CONFIGS} >= {
         "multi_gpu.yaml",

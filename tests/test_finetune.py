@@ -182,8 +182,8 @@ FOLDER_DAMAGE = {
         "holds no model.safetensors (pytorch_model.bin is a pickle, which this project never loads)",
     ),
     "another model type": (
-        lambda folder: edit_config(folder, model_type="llama"),
-        "holds a llama model, not GPT-2",
+        lambda folder: edit_config(folder, model_type="bert"),
+        "holds a bert model, not GPT-2, Llama or Qwen3 (model_type gpt2, llama or qwen3)",
     ),
     "weights that disagree with config.json": (
         lambda folder: edit_config(folder, n_embd=64),
@@ -322,9 +322,20 @@ def test_the_baselines_are_not_exported(capsys, shakespeare_char, tmp_path):
     assert not (tmp_path / "hf").exists()
 
 
-@pytest.mark.parametrize("settings", [dict(residual=False), dict(norm="none")])
-def test_a_gpt_without_residuals_or_layer_norms_is_not_exported(
-    capsys, shakespeare_char, tmp_path, settings
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        (dict(residual=False), "GPT-2 cannot compute: model.residual=false (GPT-2 has residual"),
+        (dict(norm="none"), "GPT-2 cannot compute: model.norm=none (GPT-2 has layer)"),
+        (dict(qk_norm=True), "GPT-2 cannot compute: model.qk_norm=true (GPT-2 has none)"),
+        (
+            dict(rope=True),
+            "Llama or Qwen3 cannot compute: model.norm=layer (Llama and Qwen3 have rms)",
+        ),
+    ],
+)
+def test_a_gpt_that_neither_gpt2_nor_llama_computes_is_not_exported(
+    capsys, shakespeare_char, tmp_path, settings, problem
 ):
     run = tmp_path / "gpt"
     run.mkdir()
@@ -332,7 +343,7 @@ def test_a_gpt_without_residuals_or_layer_norms_is_not_exported(
     save_model(run / "model.safetensors", build_model(config))
     shutil.copy(shakespeare_char / "tokenizer.json", run / "tokenizer.json")
     outcome = export(capsys, str(run), "--to", "hf", str(tmp_path / "hf"))
-    assert_one_line_export_error(outcome, "GPT-2 always has LayerNorms and residual connections")
+    assert_one_line_export_error(outcome, problem)
     assert not (tmp_path / "hf").exists()
 
 

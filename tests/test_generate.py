@@ -44,17 +44,16 @@ def bpe_tokenizer() -> Tokenizer:
     return train_bpe_tokenizer(iter([shakespeare(5_000), UNICODE_TEXT * 20]), vocab_size=400)
 
 
-def tiny_model(vocab_size: int, arch: str = "gpt", seed: int = 0) -> LanguageModel:
+# The options of the Llama / Qwen3 design that change what the KV cache holds or how positions enter.
+MODERN = dict(
+    n_head=4, n_kv_head=2, rope=True, norm="rms", activation="swiglu", qk_norm=True, bias=False
+)
+
+
+def tiny_model(vocab_size: int, arch: str = "gpt", seed: int = 0, **options) -> LanguageModel:
     torch.manual_seed(seed)
-    config = ModelConfig(
-        arch=arch,
-        n_layer=2,
-        n_head=2,
-        n_embd=32,
-        block_size=BLOCK,
-        vocab_size=vocab_size,
-        context=4,
-    )
+    settings = dict(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, context=4)
+    config = ModelConfig(arch=arch, vocab_size=vocab_size, **{**settings, **options})
     return build_model(config)
 
 
@@ -86,8 +85,9 @@ class CoinModel(nn.Module):
 # --- generate: the KV cache, the window, reproducibility ---
 
 
-def test_greedy_tokens_are_the_same_with_and_without_the_kv_cache():
-    model = tiny_model(65)
+@pytest.mark.parametrize("options", [{}, MODERN], ids=["textbook", "modern"])
+def test_greedy_tokens_are_the_same_with_and_without_the_kv_cache(options):
+    model = tiny_model(65, **options)
     prompt = [5, 17, 3, 40, 22]
     # The last token is chosen from a full block of context: the longest run both paths share.
     length = BLOCK + 1 - len(prompt)
@@ -100,8 +100,20 @@ def test_greedy_tokens_are_the_same_with_and_without_the_kv_cache():
     assert len(set(cached[0])) > 1  # not a degenerate repetition that any bug would also produce
 
 
-def test_the_cache_holds_the_last_tokens_and_gives_their_logits_past_block_size():
-    model = tiny_model(65).eval()
+def test_seeded_samples_are_the_same_with_and_without_the_kv_cache_for_the_modern_model():
+    model = tiny_model(65, **MODERN)
+    prompt, length = [5, 17, 3], BLOCK - 3
+    cached = generated(model, prompt, length, num_samples=2, generator=seeded(3), use_cache=True)
+    recomputed = generated(
+        model, prompt, length, num_samples=2, generator=seeded(3), use_cache=False
+    )
+    assert cached == recomputed
+
+
+@pytest.mark.parametrize("options", [{}, MODERN], ids=["textbook", "modern"])
+def test_the_cache_holds_the_last_tokens_and_gives_their_logits_past_block_size(options):
+    """After every refill too: with RoPE the refilled tokens are rotated from position 0 again."""
+    model = tiny_model(65, **options).eval()
     tokens = torch.randint(65, (2, 3 * BLOCK), generator=seeded(0))
     context = CachedContext(model, tokens[:, :3])
     windows = []

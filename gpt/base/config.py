@@ -12,6 +12,7 @@ unknown keys.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -56,8 +57,34 @@ class ModelConfig(Section):
     block_size: PositiveInt = Field(256, description="context length in tokens")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability, in [0, 1)")
     bias: bool = Field(True, description="biases in linear layers and LayerNorms")
-    activation: Literal["gelu", "gelu_tanh"] = Field(
-        "gelu", description="gelu (exact) | gelu_tanh (GPT-2's tanh approximation) (gpt)"
+    activation: Literal["gelu", "gelu_tanh", "swiglu"] = Field(
+        "gelu",
+        description="gelu (exact) | gelu_tanh (GPT-2's tanh approximation) | swiglu (gated SiLU, "
+        "Llama's) (gpt)",
+    )
+    mlp_width: PositiveInt | None = Field(
+        None,
+        description="the MLP's hidden width (None: 4 * n_embd for GELU, 8/3 * n_embd rounded up "
+        "to a multiple of 8 for swiglu, the same number of weights) (gpt)",
+    )
+    rope: bool = Field(
+        False, description="rotary position embeddings instead of learned positions (gpt)"
+    )
+    rope_base: float = Field(10000.0, gt=1.0, description="the base of RoPE's wavelengths (gpt)")
+    n_kv_head: PositiveInt | None = Field(
+        None, description="key/value heads, dividing n_head: grouped-query attention (None: n_head)"
+    )
+    head_dim: PositiveInt | None = Field(
+        None, description="width of an attention head (None: n_embd // n_head) (gpt)"
+    )
+    qk_norm: bool = Field(
+        False, description="RMSNorm of queries and keys per head, as in Qwen3 (gpt)"
+    )
+    tie_embeddings: bool = Field(
+        True, description="the output head shares its matrix with the token embedding (gpt)"
+    )
+    zero_init_proj: bool = Field(
+        False, description="output projections of attention and MLP start at zero"
     )
     init: Literal["xavier", "lecun", "gpt2"] = Field(
         "xavier", description="xavier | lecun (Var 1/n_in) | gpt2 (normal 0.02)"
@@ -66,8 +93,11 @@ class ModelConfig(Section):
         1.0, gt=0.0, description="multiplies every initial weight's standard deviation"
     )
     residual: bool = Field(True, description="residual connections around blocks (gpt, cnn)")
-    norm: Literal["layer", "batch", "none"] = Field(
-        "layer", description="layer | batch (cnn only) | none: the normalisation layers"
+    norm: Literal["layer", "rms", "batch", "none"] = Field(
+        "layer", description="layer | rms | batch (cnn only) | none: the normalisation layers"
+    )
+    norm_eps: float = Field(
+        1e-5, gt=0.0, description="the epsilon of LayerNorm, RMSNorm and QK-norm"
     )
     vocab_size: PositiveInt | None = Field(
         None, description="None: from the data's meta.json; larger values pad the vocabulary"
@@ -77,11 +107,57 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
-        if self.arch == "gpt" and self.n_embd % self.n_head != 0:
+        if self.arch == "gpt" and self.head_dim is None and self.n_embd % self.n_head != 0:
             raise ValueError(
-                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}), "
+                "or set model.head_dim"
+            )
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head != 0:
+            raise ValueError(
+                f"model.n_kv_head ({self.n_kv_head}) must divide model.n_head ({self.n_head}): "
+                "each key/value head serves a group of n_head / n_kv_head query heads"
+            )
+        if self.rope and self.attention_head_dim % 2 != 0:
+            raise ValueError(
+                f"model.rope=true rotates pairs of features, so the head width "
+                f"({self.attention_head_dim}) must be even; change model.n_embd, n_head or head_dim"
             )
         return self
+
+    @model_validator(mode="after")
+    def _gpt_options_only_for_gpt(self) -> ModelConfig:
+        if self.arch == "gpt":
+            return self
+        defaults = {key: ModelConfig.model_fields[key].default for key in _GPT_ONLY}
+        set_here = [
+            f"model.{key}" for key, value in defaults.items() if getattr(self, key) != value
+        ]
+        if self.activation == "swiglu":
+            set_here.append("model.activation=swiglu")
+        if set_here:
+            raise ValueError(
+                f"{', '.join(set_here)} are options of model.arch=gpt, not {self.arch}; remove them"
+            )
+        return self
+
+    @property
+    def attention_head_dim(self) -> int:
+        """The width of one attention head."""
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """The number of key/value heads (``n_head`` unless grouped-query attention)."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def feed_forward_width(self) -> int:
+        """The MLP's hidden width: ``mlp_width``, else 4 · n_embd weights' worth (see its key)."""
+        if self.mlp_width is not None:
+            return self.mlp_width
+        if self.activation == "swiglu":  # three matrices of 8/3 · n_embd: as many as two of 4x
+            return 8 * math.ceil(8 * self.n_embd / 3 / 8)
+        return 4 * self.n_embd
 
     @model_validator(mode="after")
     def _batch_norm_only_in_the_cnn(self) -> ModelConfig:
@@ -92,6 +168,9 @@ class ModelConfig(Section):
                 "the ones after it; use model.norm=layer or none"
             )
         return self
+
+
+_GPT_ONLY = ("rope", "n_kv_head", "head_dim", "qk_norm", "tie_embeddings", "mlp_width")
 
 
 class WandbConfig(Section):
@@ -124,9 +203,16 @@ class TrainConfig(Section):
     lr_schedule: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="decay shape"
     )
-    optimizer: Literal["adamw", "adam", "sgd", "lbfgs"] = Field(
-        "adamw", description="adamw | adam | sgd | lbfgs (see gpt/optim.py)"
+    optimizer: Literal["adamw", "adam", "sgd", "lbfgs", "muon"] = Field(
+        "adamw", description="adamw | adam | sgd | lbfgs | muon (see gpt/optim.py)"
     )
+    muon_learning_rate: float = Field(
+        0.02, gt=0.0, description="Muon's peak learning rate, for the hidden layers' matrices"
+    )
+    muon_weight_decay: float = Field(
+        0.0, ge=0.0, description="Muon's decoupled weight decay of the hidden layers' matrices"
+    )
+    muon_momentum: float = Field(0.95, ge=0.0, lt=1.0, description="Muon's Nesterov momentum")
     weight_decay: float = Field(
         0.1, ge=0.0, description="decoupled (adamw), or an L2 penalty in the gradient (adam, sgd)"
     )
@@ -188,6 +274,17 @@ class TrainConfig(Section):
             raise ValueError(
                 f"train.momentum is for train.optimizer=sgd (not {self.optimizer}, whose momentum "
                 "is train.beta1); remove it"
+            )
+        muon_keys = ("muon_learning_rate", "muon_weight_decay", "muon_momentum")
+        changed = [
+            f"train.{key}"
+            for key in muon_keys
+            if getattr(self, key) != TrainConfig.model_fields[key].default
+        ]
+        if changed and self.optimizer != "muon":
+            raise ValueError(
+                f"{', '.join(changed)} are for train.optimizer=muon (not {self.optimizer}); "
+                "remove them"
             )
         if self.full_batch and self.gradient_accumulation_steps > 1:
             raise ValueError(

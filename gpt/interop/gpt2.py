@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import safetensors
 import safetensors.torch
@@ -65,6 +65,17 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 LAYER_NORM_EPSILON = 1e-5  # GPT-2's, and torch.nn.LayerNorm's default, which our GPT uses
 
+# The modern options (gpt/model.py) at the values GPT-2 has: learned positions, full attention
+# heads, no QK-norm, a tied head, a 4x MLP, LayerNorm's epsilon.
+TEXTBOOK_OPTIONS = {
+    "rope": False,
+    "n_kv_head": None,
+    "head_dim": None,
+    "qk_norm": False,
+    "tie_embeddings": True,
+    "mlp_width": None,
+    "norm_eps": LAYER_NORM_EPSILON,
+}
 _ACTIVATION_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 _ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 _TOP_LEVEL_NAMES = {
@@ -102,11 +113,13 @@ class GPT2Folder:
     path: Path
     fixed: dict[str, Any]  # ModelConfig keys the weights decide
     n_positions: int
+    family: ClassVar[str] = "GPT-2"  # the name in messages
+    positions_key: ClassVar[str] = "n_positions"  # config.json's longest context
 
     @classmethod
     def read(cls, path: str | Path) -> GPT2Folder:
         path = Path(path)
-        hf_config = _read_hf_config(path)
+        hf_config = read_hf_config(path)
         required = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
         missing = [key for key in required if not isinstance(hf_config.get(key), int)]
         if missing:
@@ -125,6 +138,7 @@ class GPT2Folder:
             "norm": "layer",
             "residual": True,
             "activation": _ACTIVATION_FROM_HF[hf_config.get("activation_function", "gelu_new")],
+            **TEXTBOOK_OPTIONS,
         }
         return cls(path, fixed, hf_config["n_positions"])
 
@@ -138,15 +152,16 @@ class GPT2Folder:
         ]
         if contradictions:
             raise UserError(
-                f"the config contradicts the GPT-2 weights in {self.path}: "
+                f"the config contradicts the {self.family} weights in {self.path}: "
                 f"{', '.join(contradictions)}; leave these keys out of the model section (the "
                 "weights fix them) or set them to the weights' values"
             )
         block_size = configured.block_size if "block_size" in given else self.n_positions
         if block_size > self.n_positions:
             raise UserError(
-                f"model.block_size={block_size} is longer than the context of the GPT-2 weights in "
-                f"{self.path} (n_positions={self.n_positions}); use model.block_size="
+                f"model.block_size={block_size} is longer than the context of the {self.family} "
+                f"weights in {self.path} ({self.positions_key}={self.n_positions}); use "
+                "model.block_size="
                 f"{self.n_positions} or less"
             )
         settings = {**configured.model_dump(), **self.fixed, "block_size": block_size}
@@ -165,13 +180,13 @@ class GPT2Folder:
         data_vocab_size = read_meta(data_dir)["vocab_size"]
         weights_vocab_size = self.fixed["vocab_size"]
         fix = (
-            f"prepare the data with `python -m data_prep ... --tokenizer {self.path}` (the GPT-2 "
-            "folder's tokenizer)"
+            f"prepare the data with `python -m data_prep ... --tokenizer {self.path}` (the "
+            f"{self.family} folder's tokenizer)"
         )
         if data_vocab_size > weights_vocab_size:
             raise UserError(
                 f"the data in {data_dir} has a vocabulary of {data_vocab_size} tokens, more than "
-                f"the {weights_vocab_size} of the GPT-2 weights in {self.path}; {fix}"
+                f"the {weights_vocab_size} of the {self.family} weights in {self.path}; {fix}"
             )
         own_tokenizer = self.path / TOKENIZER_FILE
         if not own_tokenizer.is_file():
@@ -180,7 +195,7 @@ class GPT2Folder:
         if data_vocab != load_tokenizer(own_tokenizer).hf.get_vocab():
             raise UserError(
                 f"the data in {data_dir} was tokenised with another tokenizer ({data_vocab_size} "
-                f"tokens) than the GPT-2 weights in {self.path} expect; {fix}"
+                f"tokens) than the {self.family} weights in {self.path} expect; {fix}"
             )
 
     @torch.no_grad()
@@ -221,15 +236,37 @@ class GPT2Folder:
                 )
 
 
-def pretrained_model_config(
-    configured: ModelConfig, path: str | Path, data_dir: str | Path
-) -> ModelConfig:
-    """The model config for training from the GPT-2 folder ``path`` on the data in ``data_dir``:
-    the settings the weights fix, checked against ``configured`` and against the data."""
-    folder = GPT2Folder.read(path)
-    config = folder.model_config(configured)
-    folder.check_data(data_dir)
-    return config
+def gpt2_problems(config: ModelConfig) -> list[str]:
+    """The settings of ``config`` that keep its GPT from being a GPT-2 model, each as
+    ``model.key=value (what GPT-2 has)``; empty when it maps onto GPT-2."""
+    checks = [
+        (config.norm == "layer", f"model.norm={config.norm} (GPT-2 has layer)"),
+        (config.residual, "model.residual=false (GPT-2 has residual connections)"),
+        (
+            config.activation in _ACTIVATION_TO_HF,
+            f"model.activation={config.activation} (GPT-2 has gelu or gelu_tanh)",
+        ),
+        (not config.rope, "model.rope=true (GPT-2 learns its positions)"),
+        (
+            config.kv_heads == config.n_head,
+            f"model.n_kv_head={config.n_kv_head} (GPT-2 has n_head key/value heads)",
+        ),
+        (
+            config.attention_head_dim * config.n_head == config.n_embd,
+            f"model.head_dim={config.head_dim} (GPT-2's is n_embd / n_head)",
+        ),
+        (not config.qk_norm, "model.qk_norm=true (GPT-2 has none)"),
+        (config.tie_embeddings, "model.tie_embeddings=false (GPT-2 ties its head)"),
+        (
+            config.feed_forward_width == 4 * config.n_embd,
+            f"model.mlp_width={config.mlp_width} (GPT-2's is 4 x n_embd)",
+        ),
+        (
+            math.isclose(config.norm_eps, LAYER_NORM_EPSILON),
+            f"model.norm_eps={config.norm_eps} (GPT-2's is {LAYER_NORM_EPSILON})",
+        ),
+    ]
+    return [problem for fine, problem in checks if not fine]
 
 
 def load_gpt2(path: str | Path, config: ModelConfig | None = None) -> GPT:
@@ -340,24 +377,33 @@ def _open_safetensors(file: Path, stack: ExitStack):
         ) from None
 
 
-def _read_hf_config(path: Path) -> dict[str, Any]:
+def read_hf_config(path: Path, model_types: dict[str, str] | None = None) -> dict[str, Any]:
+    """config.json of the model folder ``path``, whose ``model_type`` must be one of
+    ``model_types`` (model_type -> the family's name; GPT-2's alone by default)."""
+    model_types = model_types or {"gpt2": "GPT-2"}
+    download = (
+        gpt2_download_command(path)
+        if "gpt2" in model_types
+        else f"hf download REPO {CONFIG_FILE} model.safetensors tokenizer.json --local-dir {path}"
+    )
     if not path.is_dir():
         raise UserError(
-            f"GPT-2 folder {path} does not exist; download one on a machine with internet: "
-            f"{gpt2_download_command(path)}"
+            f"model folder {path} does not exist; download one on a machine with internet: "
+            f"{download}"
         )
     config_file = path / CONFIG_FILE
     if not config_file.is_file():
         raise UserError(
             f"{path} is not a Hugging Face model folder (no {CONFIG_FILE}); download one with "
-            f"{gpt2_download_command(path)}"
+            f"{download}"
         )
     hf_config = _read_json(config_file)
     model_type = hf_config.get("model_type")
-    if model_type != "gpt2":
+    if model_type not in model_types:
+        families, types = _either(list(model_types.values())), _either(list(model_types))
         raise UserError(
-            f"{path} holds a {model_type} model, not GPT-2 (model_type gpt2); only GPT-2 weights "
-            "map onto this project's GPT"
+            f"{path} holds a {model_type} model, not {families} (model_type {types}); only "
+            f"{families} weights map onto this project's GPT"
         )
     return hf_config
 
@@ -441,6 +487,11 @@ def _write_json(path: Path, content: dict[str, Any]) -> None:
 def _shown(value: Any) -> str:
     """A config value as the YAML that sets it."""
     return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+def _either(names: list[str]) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
 
 
 def _abbreviated(names: list[str]) -> str:

@@ -61,8 +61,17 @@ Normalisation (``model.norm``)
     weakly (through means over B · T values), on the positions after t, a leak of the future that
     LayerNorm does not have, and that evaluation with running averages does not have either. The
     config refuses it for GPT and the MLP; the CNN offers it as the course's batch norm, leak noted.
+``rms`` (Zhang & Sennrich, 2019), Llama's
+    RMSNorm: each position's vector divided by its root mean square, x / sqrt(mean(x²) + eps), then
+    scaled by learnt gains; no mean subtracted, no bias. Cheaper than LayerNorm and, in practice, as
+    good.
 ``none``
     No normalisation layers at all (including the one before the head).
+
+``model.zero_init_proj`` starts every ``residual_proj`` (the output projections of attention and
+MLP) at zero, whatever the scheme: each block then starts as the identity, x + 0, and the network as
+the embedding followed by the head, the deep model growing from a shallow one (modded-nanogpt does
+this). Their gradients are not zero, since their inputs are not, so they move at the first step.
 """
 
 from __future__ import annotations
@@ -144,8 +153,10 @@ class LanguageModel(nn.Module):
                 if scheme == "gpt2" and name.endswith("residual_proj"):
                     module.weight.div_(math.sqrt(residual_additions))
                 module.weight.mul_(scale)
-            elif isinstance(module, (nn.LayerNorm, nn.BatchNorm1d)):
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm, nn.BatchNorm1d)):
                 module.reset_parameters()
+            if self.config.zero_init_proj and name.endswith("residual_proj"):
+                nn.init.zeros_(module.weight)
             if isinstance(getattr(module, "bias", None), nn.Parameter):
                 nn.init.zeros_(module.bias)
 
@@ -160,7 +171,9 @@ class TokenBatchNorm(nn.BatchNorm1d):
 def norm_layer(config: ModelConfig, width: int) -> nn.Module:
     """The normalisation layer ``config.norm`` names, over the last dimension of size ``width``."""
     if config.norm == "layer":
-        return nn.LayerNorm(width, bias=config.bias)
+        return nn.LayerNorm(width, eps=config.norm_eps, bias=config.bias)
+    if config.norm == "rms":
+        return nn.RMSNorm(width, eps=config.norm_eps)
     if config.norm == "batch":
         return TokenBatchNorm(width)
     return nn.Identity()

@@ -164,6 +164,7 @@ def _shape(config: ModelConfig) -> dict:
     """The settings that decide the parameters' shapes and what they compute (dropout, say, may
     change on resume; a model without residual connections would not be the same function)."""
     fields = ("arch", "n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
-    fields += ("norm", "residual")
+    fields += ("norm", "residual", "activation", "mlp_width", "rope", "n_kv_head", "head_dim")
+    fields += ("qk_norm", "tie_embeddings", "rope_base", "norm_eps")
     fields += {"mlp": ("context",), "cnn": ("kernel_size",)}.get(config.arch, ())
     return {name: getattr(config, name) for name in fields}

@@ -9,7 +9,9 @@ some combinations run without a complaint but not as asked:
 * FSDP or DeepSpeed on the CPU: accelerate falls back to plain, unsharded DDP;
 * fp16 on the CPU: accelerate autocasts to fp16 on GPUs only, so the run trains in fp32;
 * a launch whose mixed precision differs from ``train.mixed_precision``: the trainer passes its
-  own setting to accelerate, which then ignores the launch's.
+  own setting to accelerate, which then ignores the launch's;
+* Muon (``train.optimizer: muon``) under FSDP or DeepSpeed: each process would hold a shard of
+  every weight matrix, and Muon would orthogonalise the shards instead of the matrices.
 
 Each of these is refused with a :class:`UserError` naming the fix, before a process group forms
 (so every process of a launch refuses on its own, none waits for the others).
@@ -45,6 +47,7 @@ def check_launch(train: TrainConfig, environ: Mapping[str, str] = os.environ) ->
     """Refuse a launch that would train otherwise than asked (see the module's docstring)."""
     on_cpu = runs_on_cpu(train)
     _check_process_count(environ)
+    _check_optimizer(train, environ)
     _check_sharding(environ, on_cpu)
     _check_mixed_precision(train, environ, on_cpu)
 
@@ -68,11 +71,11 @@ def _check_process_count(environ: Mapping[str, str]) -> None:
         )
 
 
+_SHARDING = (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"))
+
+
 def _check_sharding(environ: Mapping[str, str], on_cpu: bool) -> None:
-    for variable, name in (
-        ("ACCELERATE_USE_FSDP", "FSDP"),
-        ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"),
-    ):
+    for variable, name in _SHARDING:
         if on_cpu and environ.get(variable, "false").lower() == "true":
             raise UserError(
                 f"the launch asks for {name}, which shards the model over GPUs, but this run is on "
@@ -131,3 +134,13 @@ def _is_accelerate_launch(command: list[str]) -> bool:
         or (len(words) > 1 and words[1] == "accelerate-launch")
         or (len(words) > 2 and words[1] == "-m" and words[2] == "accelerate.commands.launch")
     )
+
+
+def _check_optimizer(train: TrainConfig, environ: Mapping[str, str]) -> None:
+    for variable, name in _SHARDING:
+        if train.optimizer == "muon" and environ.get(variable, "false").lower() == "true":
+            raise UserError(
+                f"train.optimizer=muon orthogonalises whole weight matrices, and {name} shards "
+                "them over the processes; launch with plain DDP (configs/accelerate/multi_gpu.yaml)"
+                " or use train.optimizer=adamw"
+            )

@@ -36,11 +36,28 @@ biases and norm gains (:meth:`gpt.lm.LanguageModel.optimizer_groups`).
     gradient clipping and no fp16 loss scaling. One trainer step is one L-BFGS iteration: a
     gradient at its start plus the line search's evaluations, each a pass over the training set.
     That is affordable only on a small training set (``data.train_fraction``) and a small model.
+
+``muon`` (Keller Jordan, 2024; ``torch.optim.Muon``)
+    For the weight matrices of the hidden layers (attention and MLP), SGD with Nesterov momentum
+    whose update is orthogonalised before it is applied: a few Newton-Schulz iterations replace the
+    momentum matrix G = U S V^T by about U V^T, every singular value near one, so that the step
+    moves all directions of the matrix alike instead of mostly its few dominant ones. Everything
+    else (embeddings, the output head, norm gains, biases, convolution kernels) is trained by
+    AdamW as above, at ``train.learning_rate`` and ``train.weight_decay``; the matrices take
+    ``train.muon_learning_rate``, ``train.muon_weight_decay`` and ``train.muon_momentum``. The
+    defaults are Keller Jordan's (Muon's and modded-nanogpt's): learning rate 0.02, momentum 0.95,
+    Nesterov, five Newton-Schulz steps with his coefficients (3.4445, -4.775, 2.0315), the
+    learning rate scaled by sqrt(max(1, rows / columns)); and no weight decay, as in his first
+    speedrun records. The schedule (warmup, decay) scales both learning rates alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
+from torch import nn
 
 from gpt.base.config import TrainConfig
 from gpt.models.lm import LanguageModel
@@ -63,9 +80,91 @@ def build_optimizer(
             history_size=LBFGS_HISTORY,
             line_search_fn="strong_wolfe",
         )
+    if train.optimizer == "muon":
+        return MuonWithAdamW(model, train, device)
     groups = model.optimizer_groups(train.weight_decay)
     if train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=train.momentum)
     adam = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
     betas = (train.beta1, train.beta2)
     return adam(groups, lr=lr, betas=betas, fused=device.type in ("cuda", "cpu"))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's learning rate at this step, ``lr``, for every group, times the group's
+    ``lr_scale`` where it has one (Muon's matrices: muon_learning_rate / learning_rate)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
+
+
+def muon_matrices(model: LanguageModel) -> list[nn.Parameter]:
+    """The matrices Muon trains: every 2-D weight but the embedding tables and the output head."""
+    tables = {id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)}
+    tables.add(id(model.lm_head.weight))
+    return [
+        p for p in model.parameters() if p.requires_grad and p.dim() == 2 and id(p) not in tables
+    ]
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """``torch.optim.Muon`` on :func:`muon_matrices`, ``torch.optim.AdamW`` on the rest, stepped
+    together as one optimizer (which is what accelerate and the trainer expect).
+
+    ``param_groups`` lists Muon's group first, then AdamW's two (decayed, not decayed); the
+    state dict holds each optimizer's own under ``muon`` and ``adamw``.
+    """
+
+    def __init__(self, model: LanguageModel, train: TrainConfig, device: torch.device):
+        matrices = muon_matrices(model)  # every architecture here has some
+        in_muon = {id(p) for p in matrices}
+        self.muon = torch.optim.Muon(
+            [{"params": matrices, "lr_scale": train.muon_learning_rate / train.learning_rate}],
+            lr=train.muon_learning_rate,
+            weight_decay=train.muon_weight_decay,
+            momentum=train.muon_momentum,
+            nesterov=True,
+        )
+        groups = [
+            {**group, "params": [p for p in group["params"] if id(p) not in in_muon]}
+            for group in model.optimizer_groups(train.weight_decay)
+        ]
+        self.adamw = torch.optim.AdamW(
+            [group for group in groups if group["params"]],
+            lr=train.learning_rate,
+            betas=(train.beta1, train.beta2),
+            fused=device.type in ("cuda", "cpu"),
+        )
+        self.defaults = {}  # the base class's defaults: each part keeps its own
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.muon.param_groups + self.adamw.param_groups
+
+    @property
+    def state(self) -> dict[torch.Tensor, Any]:
+        return {**self.muon.state, **self.adamw.state}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:
+        if closure is not None:
+            raise ValueError("MuonWithAdamW takes no closure")
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The saved state, with this run's ``lr_scale``: the saved groups would bring back the
+        saved run's, and with it a ``train.muon_learning_rate`` changed since."""
+        lr_scale = self.muon.param_groups[0]["lr_scale"]
+        self.muon.load_state_dict(state_dict["muon"])
+        self.muon.param_groups[0]["lr_scale"] = lr_scale
+        self.adamw.load_state_dict(state_dict["adamw"])
+
+    def __repr__(self) -> str:
+        return f"MuonWithAdamW({self.muon!r}, {self.adamw!r})"

@@ -52,7 +52,7 @@ from gpt.base.config import Config, fit_warmup_to_run
 from gpt.base.errors import UserError, one_line
 from gpt.data.tokenizer import load_tokenizer
 from gpt.data.tokens import BatchSlice, TokenData
-from gpt.interop.gpt2 import load_gpt2, pretrained_model_config
+from gpt.interop.pretrained import load_pretrained, pretrained_model_config
 from gpt.models.gpt import build_model
 from gpt.run.folder import (
     RUN_FACTS_FILE,
@@ -75,7 +75,7 @@ from gpt.training.checkpoint import (
 )
 from gpt.training.console import Console, RunFacts, end_of_run, startup_block
 from gpt.training.launch import runs_on_cpu
-from gpt.training.optim import build_optimizer
+from gpt.training.optim import build_optimizer, set_learning_rate
 from gpt.training.resume import resume
 from gpt.training.schedule import learning_rate
 from gpt.training.throughput import peak_flops, tf32_enabled, use_tf32
@@ -133,7 +133,7 @@ class Trainer:
         train, self._warmup_note = fit_warmup_to_run(config.train)  # a smoke run's short warmup
         self.config = config = config.model_copy(update={"train": train})
         model_config = config.model
-        if train.init_from is not None:  # the pretrained weights fix the shape (gpt/gpt2.py)
+        if train.init_from is not None:  # the pretrained weights fix the shape (gpt/pretrained.py)
             model_config = pretrained_model_config(config.model, train.init_from, config.data.dir)
         self.data = TokenData(config.data.dir, model_config.block_size, config.data.train_fraction)
         self.model_config = model_config.model_copy(
@@ -168,7 +168,7 @@ class Trainer:
         if train.init_from is None:
             model = build_model(self.model_config)
         else:  # on resume, the checkpoint's weights replace these
-            model = load_gpt2(train.init_from, self.model_config)
+            model = load_pretrained(train.init_from, self.model_config)
         self.flops_per_token = model.flops_per_token()
         self.num_params = model.num_params()
         optimizer = build_optimizer(model, train, self.device)
@@ -335,8 +335,7 @@ class Trainer:
         A non-finite gradient norm (the same on every process) skips the update.
         """
         train = self.config.train
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(step, train)
+        set_learning_rate(self.optimizer, learning_rate(step, train))
         if train.full_batch:
             loss, grad_norm = self._full_batch_step(step)
         else:
