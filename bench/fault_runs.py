@@ -323,7 +323,7 @@ def differences(expected: dict, found: dict) -> list[str]:
 
 def without_stop_evaluations(found: dict, expected: dict) -> dict:
     """``found`` without the evaluations that an uninterrupted run does not have: a run stopped
-    by a signal evaluates once more on its way out (gpt/trainer.py), off the schedule."""
+    by a signal evaluates once more on its way out (gpt/training/trainer.py), off the schedule."""
     scheduled = {r["step"] for r in expected["metrics"] if r["kind"] == "eval"}
     metrics = [r for r in found["metrics"] if r["kind"] != "eval" or r["step"] in scheduled]
     return {**found, "metrics": metrics}

@@ -4,9 +4,9 @@
 
 The model is the one ``configs/shakespeare_char_cpu.yaml`` trains (65-character vocabulary; random
 weights, which take exactly as long as trained ones). Both paths run through
-``gpt.generate.generate``, sampling at temperature 1 from a 16-token prompt, for 128, 512 and 2048
+``gpt.models.generate.generate``, sampling at temperature 1 from a 16-token prompt, for 128, 512 and 2048
 new tokens at batch 1 and 8. The last two run past ``block_size``, where the cached path refills its
-cache with the last half block once it is full (the sliding window of gpt/generate.py) and the
+cache with the last half block once it is full (the sliding window of gpt/models/generate.py) and the
 recomputing path re-runs the last ``block_size`` tokens for every token. Each setting times the two
 paths alternately, ``--repeats`` times, and reports the median.
 

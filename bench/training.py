@@ -4,7 +4,7 @@
     python -m bench.training --device cuda --shape gpt2-124m --mixed-precision bf16 --compile
     python -m bench.training --profile           # where the time of one step goes (torch profiler)
 
-*Ours* is ``gpt.trainer.Trainer._train_step``, the very step that training runs: a batch read from
+*Ours* is ``gpt.training.trainer.Trainer._train_step``, the very step that training runs: a batch read from
 the memory-mapped tokens, forward, loss, backward, global gradient-norm clipping, fused AdamW step,
 the learning rate of the step, and the loss read back, all through accelerate. *The reference* is
 ``transformers.GPT2LMHeadModel`` with the identical shape (biases on, dropout off on both sides)

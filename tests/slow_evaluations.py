@@ -2,7 +2,7 @@
 
     python tests/slow_evaluations.py SECONDS LOG SCRIPT [ARGS ...]
 
-Before each evaluation batch (``gpt.data.TokenData.eval_batch``) a line is appended to the file LOG,
+Before each evaluation batch (``gpt.data.tokens.TokenData.eval_batch``) a line is appended to the file LOG,
 then the process sleeps SECONDS: a test that counts LOG's lines knows which evaluation is under way,
 and has SECONDS to act while that batch is read. A test helper: nothing in gpt/ knows about it.
 """

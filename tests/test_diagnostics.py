@@ -1,4 +1,4 @@
-"""gpt/diagnostics.py: per-layer activation and gradient statistics, checked where they are known."""
+"""gpt/analysis/diagnostics.py: per-layer activation and gradient statistics, checked where they are known."""
 
 import math
 

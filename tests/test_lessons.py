@@ -1,4 +1,4 @@
-"""gpt.lessons: the lessons' figures plot what the runs measured (synthetic runs of known figures)."""
+"""gpt.analysis.lessons: the lessons' figures plot what the runs measured (synthetic runs of known figures)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Llama and Qwen3 weights in and out (gpt/llama.py), checked against transformers itself, offline.
+"""Llama and Qwen3 weights in and out (gpt/interop/llama.py), checked against transformers itself, offline.
 
 Tiny random Llama and Qwen3 models are built by transformers from a config, every weight perturbed
 (so a norm or a projection mapped to the wrong place shows); our modern GPT is exported and loaded

@@ -1,4 +1,4 @@
-"""The optimizers of ``train.optimizer`` (gpt/optim.py) and full-batch steps (``train.full_batch``):
+"""The optimizers of ``train.optimizer`` (gpt/training/optim.py) and full-batch steps (``train.full_batch``):
 what each update does, and real training runs that learn and resume with each of them."""
 
 import json

@@ -9,7 +9,7 @@ A sweep file (``configs/experiments/*.yaml``)::
     runs:                                                      # name -> its overrides, in order
       d32: {model.n_embd: 32, model.n_head: 2}
       d64: {model.n_embd: 64, model.n_head: 4}
-    analysis: capacity                                         # optional: gpt.lessons' figures
+    analysis: capacity                                         # optional: gpt.analysis.lessons' figures
     presets:                                                   # --preset gpu
       gpu:
         overrides: {train.max_iters: 5000}                     # merged into overrides

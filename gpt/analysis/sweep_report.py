@@ -130,7 +130,7 @@ Analysis = Callable[[list[Measured]], list[AnalysisFigure]]
 
 
 def measure(runs, run_dir: Callable[[str], Path], timings: dict) -> list[Measured]:
-    """The :class:`Measured` of each planned run (gpt.sweep_file.PlannedRun)."""
+    """The :class:`Measured` of each planned run (gpt.analysis.sweep_file.PlannedRun)."""
     measured = []
     for run in runs:
         config = run.config

@@ -5,7 +5,7 @@ A config is a YAML file plus dotted ``key=value`` overrides from the command lin
     python train.py configs/shakespeare_char.yaml model.n_layer=4 train.max_iters=200
 
 pydantic does the type checking and range checks, once, before any work starts. Every problem becomes
-a :class:`~gpt.errors.UserError` naming the key and what to do, with a did-you-mean suggestion for
+a :class:`~gpt.base.errors.UserError` naming the key and what to do, with a did-you-mean suggestion for
 unknown keys.
 """
 

@@ -14,5 +14,5 @@ GPT2_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 def gpt2_download_command(folder: str | Path) -> str:
     """The command that downloads GPT-2 into ``folder``, on a machine with internet: the files
-    gpt.gpt2 reads, and the tokenizer data_prep prepares fine-tuning data with."""
+    gpt.interop.gpt2 reads, and the tokenizer data_prep prepares fine-tuning data with."""
     return f"hf download gpt2 {' '.join(GPT2_FILES)} --local-dir {folder}"

@@ -22,7 +22,7 @@ is the trainer's, set before every step (warmup and decay, :func:`gpt.training.s
     weight shrunk by the same fraction lr · λ per step, whatever its gradients.
 
 For all three the decay applies to matrices, embeddings and convolution kernels only, never to
-biases and norm gains (:meth:`gpt.lm.LanguageModel.optimizer_groups`).
+biases and norm gains (:meth:`gpt.models.lm.LanguageModel.optimizer_groups`).
 
 ``lbfgs``, limited-memory BFGS (Liu & Nocedal, 1989)
     A quasi-Newton method: it keeps the last LBFGS_HISTORY pairs of weight and gradient changes,
