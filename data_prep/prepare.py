@@ -86,7 +86,9 @@ def prepare(corpus: Corpus, settings: Settings, arguments: dict[str, Any]) -> di
             "documents": counts["documents"],
             "bytes": counts["bytes"],
             "sources": corpus.sources,
-            "content_hash": sha256(*(staging / f"{split}.bin" for split in settings.fractions.splits)),
+            "content_hash": sha256(
+                *(staging / f"{split}.bin" for split in settings.fractions.splits)
+            ),
             "arguments": arguments,
         }
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -15,7 +15,6 @@ from gpt.base.errors import UserError
 from gpt.base.progress import Progress
 
 if TYPE_CHECKING:  # imported where used: a bad command line costs no torch import
-
     from gpt.models.generate import TextPiece
 
 SEPARATOR = "\n---\n"  # between samples: a line holding only ---

@@ -41,7 +41,9 @@ def _main(argv: list[str]) -> int:
         leave_launcher_quietly()  # or it adds a traceback under the one line
         raise
     try:
-        return train(config, after_run=write_run_report).exit_code  # 130 or 143 when a signal stopped it: not finished
+        return train(
+            config, after_run=write_run_report
+        ).exit_code  # 130 or 143 when a signal stopped it: not finished
     except KeyboardInterrupt:  # a second Ctrl-C, which stops at once (the trainer said so)
         return 130
 

@@ -36,7 +36,9 @@ def locked_versions(lock: Path = LOCK) -> dict[str, str]:
 def installation() -> tuple[str, str]:
     """The lock's hash and the torch requirement this environment was installed with."""
     if not MARKER.exists():
-        pytest.skip(f"not an environment installed from {LOCK.name} ({MARKER} is missing): run make setup")
+        pytest.skip(
+            f"not an environment installed from {LOCK.name} ({MARKER} is missing): run make setup"
+        )
     lock_hash, torch_requirement = MARKER.read_text(encoding="utf-8").splitlines()[:2]
     return lock_hash, torch_requirement
 
@@ -64,7 +66,9 @@ def drift(package: str, lock: Path = LOCK) -> str | None:
 def test_the_installed_version_is_the_locked_one(package):
     _, torch_requirement = installation()
     if package == "torch" and torch_requirement != f"torch=={locked_versions()['torch']}":
-        pytest.skip(f"torch was installed as {torch_requirement!r} (make TORCH=...), not the lock's")
+        pytest.skip(
+            f"torch was installed as {torch_requirement!r} (make TORCH=...), not the lock's"
+        )
     assert drift(package) is None, drift(package)
 
 
@@ -80,5 +84,7 @@ def test_a_drifted_version_fails_the_check(tmp_path):
         ),
         encoding="utf-8",
     )
-    assert "accelerate" in drift("accelerate", planted) and "says 0.0.1" in drift("accelerate", planted)
+    assert "accelerate" in drift("accelerate", planted) and "says 0.0.1" in drift(
+        "accelerate", planted
+    )
     assert drift("tokenizers", planted) == drift("tokenizers")

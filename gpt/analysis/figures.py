@@ -32,6 +32,8 @@ def new_figure(panels: int = 1, width: float = 1.0, rows: int = 1, row_height: f
 
 def _colors(runs: list[Run]) -> dict[str, str]:
     return {run.name: f"C{index % 10}" for index, run in enumerate(runs)}
+
+
 # With more runs than this, a loss figure's legend names each run once (by its val line) and shows
 # the line styles apart; with every line named, its entries would crowd out the axes.
 DETAILED_LEGEND_RUNS = 3

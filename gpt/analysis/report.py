@@ -191,4 +191,7 @@ def write_run_report(out_dir: Path) -> None:
         report = write_report([out_dir], out_dir / REPORT_DIR)
         print(f"report: {report}")
     except Exception as error:  # anything at all: the run itself has succeeded
-        print(f"warning: no report was written ({one_line(error)}); the run is complete", file=sys.stderr)
+        print(
+            f"warning: no report was written ({one_line(error)}); the run is complete",
+            file=sys.stderr,
+        )

@@ -116,7 +116,10 @@ def run_state(run_dir: Path, wanted: Config) -> tuple[str, list[str]]:
 
 def test_result_is_current(run_dir: Path) -> bool:
     """Whether eval_test.json scores the run's present best weights."""
-    result, weights = evaluation_file(run_dir, "test", run_data_dir(run_dir)), run_dir / WEIGHTS_FILE
+    result, weights = (
+        evaluation_file(run_dir, "test", run_data_dir(run_dir)),
+        run_dir / WEIGHTS_FILE,
+    )
     return result.is_file() and result.stat().st_mtime >= weights.stat().st_mtime
 
 
@@ -272,7 +275,9 @@ class SweepRunner:
         # A process of its own, which a Ctrl-C stops as it stops a run; its result is the file it
         # writes, eval_test.json, never its output.
         command = [sys.executable, "-m", "gpt.evaluate", str(run_dir), "--split", "test", "--json"]
-        result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        result = subprocess.run(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         scored = read_test_result(run_dir)
         if result.returncode != 0 or scored is None:
             if not self.stop.signal:
@@ -315,9 +320,7 @@ class SweepRunner:
         from gpt.analysis.sweep_report import write_sweep_report
 
         sweep = self.sweep
-        trained = [
-            run for run in sweep.runs if (sweep.run_dir(run.name) / METRICS_FILE).is_file()
-        ]
+        trained = [run for run in sweep.runs if (sweep.run_dir(run.name) / METRICS_FILE).is_file()]
         if not trained:
             return
         out = sweep.out / REPORT_DIR

@@ -281,14 +281,24 @@ def load_gpt2(path: str | Path, config: ModelConfig | None = None) -> GPT:
 def save_gpt2(model: GPT, tokenizer: Tokenizer, folder: Path) -> None:
     """Write ``model`` and ``tokenizer`` into the empty ``folder`` as a Hugging Face GPT-2 folder,
     which ``transformers``' ``AutoModelForCausalLM`` and ``AutoTokenizer`` load as they are."""
-    config = model.config
-    end_of_text = tokenizer.eot_id
-    _write_json(folder / CONFIG_FILE, _hf_config(config, end_of_text))
-    tensors = gpt2_tensors(model)
+    hf_config = _hf_config(model.config, tokenizer.eot_id)
+    write_hf_folder(folder, hf_config, gpt2_tensors(model), tokenizer, model.config.block_size)
+
+
+def write_hf_folder(
+    folder: Path,
+    hf_config: dict,
+    tensors: dict[str, torch.Tensor],
+    tokenizer: Tokenizer,
+    block_size: int,
+) -> None:
+    """A Hugging Face model folder of any family: its config.json, the weights, the tokenizer
+    with a fast tokenizer's config, and the generation config (end of text as BOS and EOS)."""
+    _write_json(folder / CONFIG_FILE, hf_config)
     safetensors.torch.save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     tokenizer.save(folder / TOKENIZER_FILE)
-    _write_json(folder / TOKENIZER_CONFIG_FILE, _tokenizer_config(tokenizer, config.block_size))
-    generation = {"bos_token_id": end_of_text, "eos_token_id": end_of_text}
+    _write_json(folder / TOKENIZER_CONFIG_FILE, _tokenizer_config(tokenizer, block_size))
+    generation = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
     _write_json(folder / GENERATION_CONFIG_FILE, generation)
 
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import safetensors.torch
 import torch
 
 from gpt.base.config import ModelConfig
@@ -39,16 +38,11 @@ from gpt.base.errors import UserError
 from gpt.data.tokenizer import Tokenizer
 from gpt.interop.gpt2 import (
     CONFIG_FILE,
-    GENERATION_CONFIG_FILE,
-    TOKENIZER_CONFIG_FILE,
-    TOKENIZER_FILE,
-    WEIGHTS_FILE,
     GPT2Folder,
     _abbreviated,
     _open_weights,
-    _tokenizer_config,
-    _write_json,
     read_hf_config,
+    write_hf_folder,
 )
 from gpt.models.gpt import GPT
 
@@ -175,15 +169,8 @@ class LlamaFolder(GPT2Folder):
 def save_llama(model: GPT, tokenizer: Tokenizer, folder: Path) -> None:
     """Write ``model`` (whose :func:`llama_problems` are none) and ``tokenizer`` into the empty
     ``folder`` as a Hugging Face Llama folder, or a Qwen3 one with QK-norm."""
-    config = model.config
-    end_of_text = tokenizer.eot_id
-    _write_json(folder / CONFIG_FILE, _hf_config(config, end_of_text))
-    tensors = llama_tensors(model)
-    safetensors.torch.save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    tokenizer.save(folder / TOKENIZER_FILE)
-    _write_json(folder / TOKENIZER_CONFIG_FILE, _tokenizer_config(tokenizer, config.block_size))
-    generation = {"bos_token_id": end_of_text, "eos_token_id": end_of_text}
-    _write_json(folder / GENERATION_CONFIG_FILE, generation)
+    hf_config = _hf_config(model.config, tokenizer.eot_id)
+    write_hf_folder(folder, hf_config, llama_tensors(model), tokenizer, model.config.block_size)
 
 
 def llama_tensors(model: GPT) -> dict[str, torch.Tensor]:

@@ -90,8 +90,9 @@ def run_data_dir(out_dir: Path) -> Path:
     return Path(load_config(config).data.dir)
 
 
-def tokens_per_step(batch_size: int, gradient_accumulation_steps: int, block_size: int,
-                    processes: int = 1) -> int:
+def tokens_per_step(
+    batch_size: int, gradient_accumulation_steps: int, block_size: int, processes: int = 1
+) -> int:
     """Tokens in one optimizer step: sequences per micro-step x micro-steps x sequence length x
     processes. The one definition the trainer, the report and sweeps use."""
     return batch_size * gradient_accumulation_steps * block_size * processes
@@ -222,6 +223,8 @@ def write_run_file(path: Path, text: str) -> None:
         write_text(path, text)
     except OSError as error:
         raise write_failed(str(path), one_line(error), path.parent) from None
+
+
 CHECKPOINT_PREFIX = "step_"
 
 

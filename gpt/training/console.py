@@ -189,5 +189,3 @@ class Console:
         done = step - self._first_step
         seconds_per_step = (time.perf_counter() - self._started) / max(done, 1)
         return duration(seconds_per_step * (self._total - step))
-
-

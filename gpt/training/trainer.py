@@ -684,5 +684,3 @@ def train(config: Config, after_run: Callable[[Path], None] | None = None) -> Tr
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     """This process's shard of a parameter that FSDP shards, else the parameter itself."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
