@@ -24,6 +24,7 @@ from gpt.checkpoint import load_trained
 from gpt.cli import ArgumentParser, run_cli
 from gpt.errors import UserError
 from gpt.files import publish_folder, staging_folder
+from gpt.folder_lock import hold_folder
 from gpt.gpt2 import CONFIG_FILE, save_gpt2
 from gpt.model import GPT
 
@@ -53,6 +54,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write the GPT of ``checkpoint`` to the folder ``out`` in Hugging Face's GPT-2 format."""
     out = Path(out)
+    with hold_folder(out, "python -m gpt.export", "DIR"):  # one writer at a time
+        return _export_hf(Path(checkpoint), out, overwrite)
+
+
+def _export_hf(checkpoint: Path, out: Path, overwrite: bool) -> Path:
     check_destination(out, overwrite)
     model, tokenizer = load_trained(checkpoint)
     if not isinstance(model, GPT):

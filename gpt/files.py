@@ -8,8 +8,10 @@ never write through the same one.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +35,11 @@ def write_text(path: Path, text: str) -> None:
 @contextmanager
 def staging_folder(out: Path) -> Iterator[Path]:
     """A fresh folder ``OUT.tmp-<pid>`` beside ``out`` to write into; removed if anything fails
-    before :func:`publish_folder` renames it."""
+    before :func:`publish_folder` renames it. The staging folders of writers that were killed
+    are removed first, with a note (the caller holds ``out``: see :mod:`gpt.folder_lock`)."""
+    for abandoned in abandoned_staging_folders(out):
+        shutil.rmtree(abandoned, ignore_errors=True)
+        print(f"note: removed {abandoned}, left by a process that was stopped", file=sys.stderr)
     staging = sibling(out, "tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -41,6 +47,27 @@ def staging_folder(out: Path) -> Iterator[Path]:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # a no-op once published
+
+
+def abandoned_staging_folders(out: Path) -> list[Path]:
+    """The ``OUT.tmp-<pid>`` folders beside ``out`` whose process no longer runs on this machine."""
+    out = out.absolute()
+    found = []
+    for staging in out.parent.glob(f"{glob.escape(out.name)}.tmp-*"):
+        pid = staging.name.rpartition("-")[2]
+        if staging.is_dir() and pid.isdigit() and not _running(int(pid)):
+            found.append(staging)
+    return sorted(found)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def publish_folder(staging: Path, out: Path) -> None:

@@ -35,6 +35,8 @@ import math
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 from pathlib import Path
@@ -45,6 +47,7 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.distributed.tensor import DTensor
 
+from gpt.agreement import first_problem
 from gpt.checkpoint import (
     WEIGHTS_FILE,
     WRITE_ERRORS,
@@ -60,8 +63,9 @@ from gpt.checkpoint import (
 from gpt.config import Config, TrainConfig, fit_warmup_to_run
 from gpt.console import Console, RunFacts, end_of_run, startup_block
 from gpt.data import BatchSlice, TokenData
-from gpt.errors import UserError
+from gpt.errors import UserError, describe_os_error
 from gpt.files import write_text
+from gpt.folder_lock import hold_folder
 from gpt.gpt2 import load_gpt2, pretrained_model_config
 from gpt.model import build_model
 from gpt.optim import build_optimizer
@@ -233,20 +237,39 @@ class Trainer:
     # ----- the run -------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        previous_handlers = self._catch_stop_signals()
-        try:
-            self._train()
-            return self._finish()  # the report takes seconds: a second Ctrl-C may come here too
-        except KeyboardInterrupt:
-            self.console.close_progress()
-            self.console.print(
-                f"stopped at once by a second interrupt at step {self.state.step}; "
-                f"{self._newest_checkpoint()}: run the same command again to resume from it"
-            )
-            raise
-        finally:
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
+        with self._holding_out_dir():
+            previous_handlers = self._catch_stop_signals()
+            try:
+                self._train()
+                return self._finish()  # the report takes seconds: a second Ctrl-C may come here
+            except KeyboardInterrupt:
+                self.console.close_progress()
+                self.console.print(
+                    f"stopped at once by a second interrupt at step {self.state.step}; "
+                    f"{self._newest_checkpoint()}: run the same command again to resume from it"
+                )
+                raise
+            finally:
+                for signum, handler in previous_handlers.items():
+                    signal.signal(signum, handler)
+
+    @contextmanager
+    def _holding_out_dir(self) -> Iterator[None]:
+        """The run owns ``train.out_dir`` for its whole life (:mod:`gpt.folder_lock`): the main
+        process holds it, and a refusal stops every process with the same line."""
+        with ExitStack() as held:
+            problem = None
+            if self.accelerator.is_main_process:
+                try:
+                    held.enter_context(hold_folder(self.out_dir, "train.py", "train.out_dir"))
+                except UserError as error:
+                    problem = str(error)
+                except OSError as error:
+                    problem = describe_os_error(error)
+            problem = first_problem(self.accelerator, problem)
+            if problem:
+                raise UserError(problem)
+            yield
 
     def _train(self) -> None:
         try:
