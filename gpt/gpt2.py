@@ -53,6 +53,13 @@ from pydantic import ValidationError
 from gpt.config import ModelConfig
 from gpt.data import read_meta
 from gpt.errors import UserError
+from gpt.integrity import (
+    TOKENIZER_KEY,
+    check_tokenizer,
+    check_weights,
+    sealed,
+    tokenizer_fingerprint,
+)
 from gpt.model import GPT
 from gpt.tokenizer import END_OF_TEXT, Tokenizer, load_tokenizer
 
@@ -186,7 +193,8 @@ class GPT2Folder:
     @torch.no_grad()
     def load_into(self, model: GPT) -> None:
         """Copy the folder's weights into ``model``, a GPT built from :meth:`model_config`, one
-        tensor at a time (so memory holds the model plus one tensor)."""
+        tensor at a time (so memory holds the model plus one tensor), once verified."""
+        self.verify()
         with _open_weights(self.path) as stored:
             parameters = dict(model.named_parameters())  # the tied head appears once
             expected = _gpt2_names(model.config.n_layer)
@@ -220,6 +228,24 @@ class GPT2Folder:
                     "embedding; this project's GPT ties the two, so it cannot take them"
                 )
 
+    def verify(self) -> None:
+        """A folder that gpt.export wrote records a digest of its weights and the fingerprint of
+        its tokenizer (gpt/integrity.py): refuse one whose files differ. Other folders (a download,
+        sharded weights) are read as they are, with a note where the single weights file has no
+        digest."""
+        weights = self.path / WEIGHTS_FILE
+        if not weights.is_file():
+            return
+        with ExitStack() as stack:
+            handle = _open_safetensors(weights, stack)
+            metadata = handle.metadata() or {}
+            check_weights(
+                weights, ((name, handle.get_tensor(name)) for name in handle.keys()), metadata
+            )
+        tokenizer = self.path / TOKENIZER_FILE
+        if tokenizer.is_file():
+            check_tokenizer(tokenizer, metadata.get(TOKENIZER_KEY), weights)
+
 
 def pretrained_model_config(
     configured: ModelConfig, path: str | Path, data_dir: str | Path
@@ -247,9 +273,12 @@ def save_gpt2(model: GPT, tokenizer: Tokenizer, folder: Path) -> None:
     config = model.config
     end_of_text = tokenizer.eot_id
     _write_json(folder / CONFIG_FILE, _hf_config(config, end_of_text))
-    tensors = gpt2_tensors(model)
-    safetensors.torch.save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     tokenizer.save(folder / TOKENIZER_FILE)
+    tensors = gpt2_tensors(model)
+    metadata = {"format": "pt", TOKENIZER_KEY: tokenizer_fingerprint(folder / TOKENIZER_FILE)}
+    safetensors.torch.save_file(
+        tensors, str(folder / WEIGHTS_FILE), metadata=sealed(tensors, metadata)
+    )
     _write_json(folder / TOKENIZER_CONFIG_FILE, _tokenizer_config(tokenizer, config.block_size))
     generation = {"bos_token_id": end_of_text, "eos_token_id": end_of_text}
     _write_json(folder / GENERATION_CONFIG_FILE, generation)

@@ -67,6 +67,7 @@ from gpt.errors import UserError, describe_os_error
 from gpt.files import write_text
 from gpt.folder_lock import hold_folder
 from gpt.gpt2 import load_gpt2, pretrained_model_config
+from gpt.integrity import TOKENIZER_KEY, tokenizer_fingerprint
 from gpt.model import build_model
 from gpt.optim import build_optimizer
 from gpt.report import report_finished_run
@@ -178,6 +179,8 @@ class Trainer:
         if train.init_from is not None:  # the pretrained weights fix the shape (gpt/gpt2.py)
             model_config = pretrained_model_config(config.model, train.init_from, config.data.dir)
         self.data = TokenData(config.data.dir, model_config.block_size, config.data.train_fraction)
+        # recorded with every weights file and checkpoint, which readers check (gpt/integrity.py)
+        self.tokenizer_fingerprint = tokenizer_fingerprint(self.data.tokenizer_path)
         self.model_config = model_config.model_copy(
             update={"vocab_size": self._vocab_size(model_config.vocab_size)}
         )
@@ -542,7 +545,11 @@ class Trainer:
             model = build_model(self.model_config)
             model.load_state_dict(state_dict)
             path = self.out_dir / WEIGHTS_FILE
-            saved_at = {"step": str(self.state.step), "val_loss": repr(self.state.best_val_loss)}
+            saved_at = {
+                "step": str(self.state.step),
+                "val_loss": repr(self.state.best_val_loss),
+                TOKENIZER_KEY: self.tokenizer_fingerprint,
+            }
             try:
                 save_model(path, model, saved_at)
             except WRITE_ERRORS as error:
@@ -644,7 +651,11 @@ class Trainer:
         return self.config.model_copy(update={"model": self.model_config})
 
     def _trainer_state(self) -> dict:
-        return {**asdict(self.state), "model_config": self.model_config.model_dump(mode="json")}
+        return {
+            **asdict(self.state),
+            "model_config": self.model_config.model_dump(mode="json"),
+            TOKENIZER_KEY: self.tokenizer_fingerprint,
+        }
 
     # ----- metrics -------------------------------------------------------------------------------
 
