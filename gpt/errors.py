@@ -56,12 +56,14 @@ def describe_os_error(error: OSError) -> str:
 
 
 def _operation(traceback: TracebackType | None) -> str:
-    """The operation in the innermost frame that has a name for one ("write" if none does)."""
-    operation = "write"
+    """The operation of the outermost frame named like one: the intent (``write_text``), not the
+    step inside it that failed (its ``open``); "write" if no frame is."""
     while traceback is not None:
-        operation = _OPERATIONS.get(traceback.tb_frame.f_code.co_name, operation)
+        name = traceback.tb_frame.f_code.co_name
+        if name in _OPERATIONS:
+            return _OPERATIONS[name]
         traceback = traceback.tb_next
-    return operation
+    return "write"
 
 
 def _existing(path: Path) -> Path:

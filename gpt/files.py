@@ -23,8 +23,25 @@ def replace_file(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(temporary)
         os.replace(temporary, path)
+    except OSError as error:  # name the file the user asked for, not its temporary name
+        if error.filename == str(temporary):
+            error.filename = str(path)
+        raise
     finally:
-        temporary.unlink(missing_ok=True)  # a no-op once renamed
+        if temporary.exists():  # not once renamed (and unlink would fail on a read-only disk)
+            temporary.unlink()
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Let an OSError raised in the block name ``path`` if it names no file: a write through an
+    open file names none, and the command's edge (gpt.cli) says which file failed."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            error.filename = str(path)
+        raise
 
 
 def write_text(path: Path, text: str) -> None:

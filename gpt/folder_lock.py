@@ -7,8 +7,9 @@ with :mod:`filelock`, whose lock is the operating system's (``flock``): the kern
 its process ends, however it ends, so a SIGKILLed or powered-off holder never blocks the next one.
 
 Beside the lock, ``.NAME.lock.json`` names its holder (command, host, pid, since when), so that a
-refusal can say who holds the folder. A clean release removes it; one found by a process that got
-the lock anyway was left by a holder that died, and the new holder says it takes the folder over.
+refusal can say who holds the folder. A clean release removes both files; a holder file found by a
+process that got the lock anyway was left by a holder that died, and the new holder says it takes
+the folder over.
 
 On a shared filesystem the lock is only as good as the filesystem's ``flock``: local disks and
 tmpfs honour it; NFSv4 clients and NFSv3 clients with a lock manager (``nlm``) map it onto
@@ -75,8 +76,9 @@ def hold_folder(folder: Path, command: str, option: str) -> Iterator[None]:
             )
         _write_holder(folder, command)
         yield
-    finally:
+    finally:  # removed while still held (filelock retries on a lock file unlinked under it)
         holder_path(folder).unlink(missing_ok=True)
+        lock_path(folder).unlink(missing_ok=True)
         lock.release()
 
 

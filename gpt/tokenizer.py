@@ -55,7 +55,8 @@ class Tokenizer:
         return sorted(set(text) - self._vocab.keys())
 
     def save(self, path: str | Path) -> None:
-        self.hf.save(str(path))
+        """Write ``tokenizer.json`` (through Python's files, so a failed write is an OSError)."""
+        Path(path).write_text(self.hf.to_str(pretty=True), encoding="utf-8")
 
     def _check_known(self, text: str) -> None:
         unknown = self.unknown_chars(text)
