@@ -47,7 +47,7 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.distributed.tensor import DTensor
 
-from gpt.agreement import first_problem
+from gpt.agreement import on_main_process
 from gpt.checkpoint import (
     WEIGHTS_FILE,
     WRITE_ERRORS,
@@ -63,7 +63,7 @@ from gpt.checkpoint import (
 from gpt.config import Config, TrainConfig, fit_warmup_to_run
 from gpt.console import Console, RunFacts, end_of_run, startup_block
 from gpt.data import BatchSlice, TokenData
-from gpt.errors import UserError, describe_os_error
+from gpt.errors import UserError
 from gpt.files import write_text
 from gpt.folder_lock import hold_folder
 from gpt.gpt2 import load_gpt2, pretrained_model_config
@@ -136,15 +136,18 @@ def micro_batch_seed(seed: int, step: int, start: int) -> int:
 
 
 class MetricsLog:
-    """``metrics.jsonl``: one JSON record a line, each with ``step`` and ``kind``."""
+    """``metrics.jsonl``: one JSON record a line, each with ``step`` and ``kind``, written by the
+    main process; every process calls :meth:`write`, and all stop if the write fails."""
 
-    def __init__(self, path: Path, enabled: bool):
+    def __init__(self, path: Path, accelerator: Accelerator):
         self.path = path
-        self.enabled = enabled
+        self.accelerator = accelerator
+        self.enabled = accelerator.is_main_process
 
     def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
+        on_main_process(self.accelerator, lambda: self._append(record))
+
+    def _append(self, record: dict) -> None:
         try:
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -221,7 +224,7 @@ class Trainer:
         # Compile the prepared module, so saved state keeps the plain parameter names.
         self.forward = torch.compile(self.model) if train.compile else self.model
         self.state = TrainState()
-        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", self.accelerator.is_main_process)
+        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", self.accelerator)
         self.tracking = Tracking(
             self.accelerator, train.wandb, wandb_mode, self.out_dir, self.console.print
         )
@@ -261,17 +264,8 @@ class Trainer:
         """The run owns ``train.out_dir`` for its whole life (:mod:`gpt.folder_lock`): the main
         process holds it, and a refusal stops every process with the same line."""
         with ExitStack() as held:
-            problem = None
-            if self.accelerator.is_main_process:
-                try:
-                    held.enter_context(hold_folder(self.out_dir, "train.py", "train.out_dir"))
-                except UserError as error:
-                    problem = str(error)
-                except OSError as error:
-                    problem = describe_os_error(error)
-            problem = first_problem(self.accelerator, problem)
-            if problem:
-                raise UserError(problem)
+            hold = hold_folder(self.out_dir, "train.py", "train.out_dir")
+            on_main_process(self.accelerator, lambda: held.enter_context(hold))
             yield
 
     def _train(self) -> None:
@@ -541,21 +535,23 @@ class Trainer:
         and val loss they have, so that sampling can say which weights it uses."""
         self._check_weights_are_finite()
         state_dict = self.accelerator.get_state_dict(self.model)
-        if self.accelerator.is_main_process:
-            model = build_model(self.model_config)
-            model.load_state_dict(state_dict)
-            path = self.out_dir / WEIGHTS_FILE
-            saved_at = {
-                "step": str(self.state.step),
-                "val_loss": repr(self.state.best_val_loss),
-                TOKENIZER_KEY: self.tokenizer_fingerprint,
-            }
-            try:
-                save_model(path, model, saved_at)
-            except WRITE_ERRORS as error:
-                raise write_failed(
-                    f"the best weights {path}", first_line(error), self.out_dir
-                ) from None
+        on_main_process(self.accelerator, lambda: self._write_best_weights(state_dict))
+
+    def _write_best_weights(self, state_dict: dict) -> None:
+        model = build_model(self.model_config)
+        model.load_state_dict(state_dict)
+        path = self.out_dir / WEIGHTS_FILE
+        saved_at = {
+            "step": str(self.state.step),
+            "val_loss": repr(self.state.best_val_loss),
+            TOKENIZER_KEY: self.tokenizer_fingerprint,
+        }
+        try:
+            save_model(path, model, saved_at)
+        except WRITE_ERRORS as error:
+            raise write_failed(
+                f"the best weights {path}", first_line(error), self.out_dir
+            ) from None
 
     # ----- starting: resume or a fresh output folder ----------------------------------------------
 
@@ -567,20 +563,24 @@ class Trainer:
         """
         train = self.config.train
         resumed = resume(self.accelerator, train.resume, self.out_dir, self._check, self._restore)
-        moved = None
-        if self.accelerator.is_main_process:
-            if resumed:
-                self.metrics.keep_until(self.state.step)
-            else:
-                moved = move_earlier_run_aside(self.out_dir)
-            self._write_run_description()
-        self.accelerator.wait_for_everyone()
+        moved = on_main_process(self.accelerator, lambda: self._prepare_out_dir(resumed))
         # a checkpoint of an earlier version may lack the id: its W&B run cannot be continued
         self.state.wandb_run_id = self.state.wandb_run_id or new_run_id()
         config = self._resolved_config().model_dump(mode="json")
         self.tracking.start(self.state.wandb_run_id, config)
         if self.console.enabled:
             self.console.print(startup_block(self._facts(self._how_it_starts(resumed, moved))))
+
+    def _prepare_out_dir(self, resumed: Path | None) -> Path | None:
+        """Keep the metrics of a resumed run up to its checkpoint, or move an earlier run aside
+        (returns where to); then describe this run in the folder."""
+        moved = None
+        if resumed:
+            self.metrics.keep_until(self.state.step)
+        else:
+            moved = move_earlier_run_aside(self.out_dir)
+        self._write_run_description()
+        return moved
 
     def _how_it_starts(self, resumed: Path | None, moved: Path | None) -> str:
         if resumed:

@@ -15,7 +15,7 @@ from gpt.folder_lock import holder_path, lock_path
 
 from .conftest import CORPUS, ROOT, run_python
 from .test_faults import can_mount_a_small_disk
-from .test_trainer import train_args
+from .test_trainer import accelerate_launch, free_port, train_args
 
 
 @pytest.fixture
@@ -187,3 +187,23 @@ def test_a_file_where_the_run_folder_should_be_is_one_line(shakespeare_char, tmp
     one_line(result, f"train.out_dir {out} is a file, not a folder; choose another train.out_dir")
     assert out.read_text() == "a file"
     assert os.listdir(tmp_path) == ["run"]
+
+
+def test_a_write_that_fails_on_the_main_process_stops_both_processes_with_its_line(
+    shakespeare_char, disk, tmp_path
+):
+    """Two processes; the run folder read-only, so the main process cannot write config.yaml.
+    The other process hears of it at once, instead of waiting out the distributed timeout."""
+    run = disk / "run"  # on the real disk, bound read-only over itself; its lock is beside it
+    run.mkdir()
+    launch = accelerate_launch(1, 0, free_port())
+    args = [*launch, *train_args(shakespeare_char, run, "train.distributed_timeout_minutes=2")]
+    started = time.monotonic()
+    result = run_with_mount(read_only_bind(run), args, disk, tmp_path / "listing")
+    assert time.monotonic() - started < 100  # not the 2 minutes of the distributed timeout
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 2 and lines[0] == lines[1], result.stderr
+    assert lines[0].startswith(f"error: could not write {run / 'config.yaml'} (")
+    assert "Read-only file system" in lines[0]
+    assert "lost contact" not in result.stderr
