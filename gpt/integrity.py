@@ -78,7 +78,8 @@ def check_weights(
     recorded = metadata.get(DIGEST_KEY)
     if recorded is None:
         print(
-            f"note: {path} was saved before weights carried a checksum; it is read unverified",
+            f"note: {path} carries no checksum (saved by an earlier version, or not by this "
+            "project); it is read unverified",
             file=sys.stderr,
         )
         return

@@ -103,4 +103,4 @@ def test_weights_saved_before_the_checksum_existed_load_with_a_note(copy):
     save_file(load_file(weights), str(weights), metadata=older)
     result = run_python(*SAMPLE, str(copy))
     assert result.returncode == 0, result.stderr
-    assert f"note: {weights} was saved before weights carried a checksum" in result.stderr
+    assert f"note: {weights} carries no checksum (saved by an earlier version" in result.stderr
