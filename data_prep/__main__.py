@@ -26,6 +26,7 @@ from data_prep.prepare import (
 from data_prep.sources import DatasetCorpus, FileCorpus
 from gpt.base.cli import run_cli
 from gpt.base.errors import UserError
+from gpt.base.folder_lock import hold_folder
 
 
 def run(argv: list[str]) -> None:
@@ -48,6 +49,13 @@ def run(argv: list[str]) -> None:
         num_proc=args.num_proc,
     )
     check_settings(settings)  # before a dataset is downloaded or converted; prepare checks again
+    with hold_folder(settings.out, "python -m data_prep", "--out"):  # one writer at a time
+        meta = _prepare(args, settings)
+    print(describe(meta, settings.out))
+
+
+def _prepare(args: argparse.Namespace, settings: Settings) -> dict:
+    """Read the corpus that ``args`` name and prepare it as ``settings`` say; its meta.json."""
     check_output_folder(settings.out, settings.overwrite)
     corpus = (
         FileCorpus(args.input, args.exclude)
@@ -64,8 +72,7 @@ def run(argv: list[str]) -> None:
     if isinstance(corpus, FileCorpus) and corpus.skipped_note():
         print(corpus.skipped_note(), file=sys.stderr)
     recorded = {key: value for key, value in vars(args).items() if key not in ("out", "overwrite")}
-    meta = prepare(corpus, settings, recorded)
-    print(describe(meta, settings.out))
+    return prepare(corpus, settings, recorded)
 
 
 def _check_dataset_flags(args: argparse.Namespace) -> None:

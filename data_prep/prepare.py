@@ -30,7 +30,7 @@ from data_prep.sources import CHUNK_CHARS, DatasetCorpus, FileCorpus, utf8_lengt
 from data_prep.split import Fractions, Piece, split_pieces
 from gpt.base.downloads import gpt2_download_command
 from gpt.base.errors import UserError
-from gpt.base.files import publish_folder, sha256, staging_folder
+from gpt.base.files import naming, publish_folder, sha256, staging_folder
 from gpt.base.progress import Progress
 from gpt.data.tokenizer import (
     MAX_BPE_VOCAB,
@@ -226,21 +226,24 @@ def write_token_files(
     splits = settings.fractions.splits
     counts = {name: dict.fromkeys(splits, 0) for name in ("tokens", "documents", "bytes")}
     pieces = split_pieces(corpus.documents(), settings.fractions, settings.seed)
-    with ExitStack() as stack:
-        files = {
-            split: stack.enter_context(open(folder / f"{split}.bin", "wb")) for split in splits
-        }
+    paths = {split: folder / f"{split}.bin" for split in splits}
+    with naming(folder), ExitStack() as stack:  # a failed close names the folder
+        files = {split: stack.enter_context(open(path, "wb")) for split, path in paths.items()}
         bar = stack.enter_context(Progress("encoding", corpus.total_bytes, "B", leave=True))
         batches = _batches(pieces, BATCH_CHARS)
         for batch, encoded in _encode_ahead(batches, tokenizer, dtype, settings.num_proc):
             for split, ids in encoded.items():
-                ids.tofile(files[split])
+                with naming(paths[split]):  # a full disk: ENOSPC, naming the file
+                    files[split].write(ids.tobytes())
                 counts["tokens"][split] += len(ids)
             for piece in batch:
                 size = utf8_length(piece.text)
                 counts["documents"][piece.split] += piece.ends_document
                 counts["bytes"][piece.split] += size
                 bar.update(size)
+        for split, handle in files.items():
+            with naming(paths[split]):
+                handle.flush()
     for split in splits:
         if counts["tokens"][split] == 0:
             raise UserError(

@@ -257,6 +257,26 @@ CASES = {
         damage=write_file("broken.yaml", "model:\n  n_layer: [2\n"),
         cheap=True,
     ),
+    "train: a config that is not UTF-8": Case(
+        ("train.py", "{work}/latin1.yaml"),
+        ("latin1.yaml is not UTF-8 text (byte 0xe9", "save it as UTF-8"),
+        damage=write_file("latin1.yaml", "train:\n  out_dir: café\n".encode("latin-1")),
+        cheap=True,
+    ),
+    "train: a config that gives a key twice": Case(
+        ("train.py", "{work}/twice.yaml"),
+        ("gives the key 'max_iters' twice (the second at line 3)", "remove one of them"),
+        damage=write_file("twice.yaml", "train:\n  max_iters: 5\n  max_iters: 6\n"),
+        cheap=True,
+    ),
+    "train: an empty train.out_dir": Case(
+        (*TRAIN, "train.out_dir="), ("train.out_dir='' names no folder", "out/run"), cheap=True
+    ),
+    "train: a train.out_dir that is a file": Case(
+        (*TRAIN, "train.out_dir={work}/a_file"),
+        ("a_file is a file, not a folder", "choose another train.out_dir"),
+        damage=write_file("a_file", "not a folder"),
+    ),
     "train: a misspelt key": Case(
         (*TRAIN, "model.n_layers=2"),
         ("unknown config key 'model.n_layers'", "'model.n_layer'"),
@@ -390,6 +410,14 @@ CASES = {
     "sample: a negative temperature": Case(
         (*SAMPLE, "--checkpoint", "{out}", "--temperature", "-1"),
         ("temperature must be 0 or more", "use 0 for greedy"),
+    ),
+    "sample: a temperature that is not a number": Case(
+        (*SAMPLE, "--checkpoint", "{out}", "--temperature", "nan"),
+        ("temperature must be 0 or more and finite (got nan)", "use 0 for greedy"),
+    ),
+    "sample: more samples than one batch can hold": Case(
+        (*SAMPLE, "--checkpoint", "{out}", "--num-samples", "200000"),
+        ("num-samples must be from 1 to 1024 (got 200000)", "another --seed"),
     ),
     "sample: a missing checkpoint": Case(
         (*SAMPLE, "--checkpoint", "{work}/none"), ("does not exist", "training output folder")

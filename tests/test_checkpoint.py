@@ -169,3 +169,31 @@ def test_with_no_intact_checkpoint_left_the_run_stops_and_suggests_starting_over
     assert f"no intact checkpoint in {out / 'checkpoints'}" in result.stderr
     assert "train.resume=never" in result.stderr
     assert len(list((out / "checkpoints").glob("damaged-step_*"))) == 5
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        KeyError("a key of another accelerate version"),
+    ],
+)
+def test_a_load_that_fails_for_another_reason_stops_and_leaves_the_checkpoint(
+    failure, five_checkpoints, tmp_path, fresh_accelerate_state
+):
+    """Out of memory, say: the checkpoint's files are as written, so it is not set aside."""
+    from gpt.base.errors import UserError
+    from gpt.training.resume import resume
+
+    out = tmp_path / "run"
+    shutil.copytree(five_checkpoints, out)
+
+    def restore(checkpoint: Path) -> None:
+        raise failure
+
+    with pytest.raises(UserError) as refused:
+        resume(Accelerator(cpu=True), "auto", out, lambda checkpoint: None, restore)
+    message = str(refused.value)
+    assert message.startswith(f"checkpoint {checkpoint(out, 5)} could not be loaded (")
+    assert type(failure).__name__ in message and "it is left as it is" in message
+    assert checkpoint(out, 5).is_dir() and not list((out / "checkpoints").glob("damaged-*"))

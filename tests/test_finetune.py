@@ -24,6 +24,7 @@ from gpt.models.gpt import build_model
 from gpt.run.weights import save_model
 
 from .conftest import CORPUS, ROOT, run_python
+from .test_integrity import flip_last_byte
 from .test_trainer import assert_same_weights, final_weights, read_metrics, train_args
 
 # The tiny source model (tests/test_trainer.py's TINY settings) and the matching fine-tuning shape.
@@ -194,6 +195,10 @@ FOLDER_DAMAGE = {
             (folder / "model.safetensors").read_bytes()[:1000]
         ),
         "is not a complete safetensors file",
+    ),
+    "one flipped byte in the weights": (
+        lambda folder: flip_last_byte(folder / "model.safetensors"),
+        "model.safetensors is damaged: its content does not match the SHA-256 recorded in it",
     ),
     "an activation this GPT lacks": (
         lambda folder: edit_config(folder, activation_function="relu"),

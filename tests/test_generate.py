@@ -204,6 +204,8 @@ def test_temperature_0_picks_the_most_likely_token():
     ("settings", "message"),
     [
         (dict(temperature=-0.1), "temperature must be 0 or more"),
+        (dict(temperature=float("nan")), r"temperature must be 0 or more and finite \(got nan\)"),
+        (dict(temperature=float("inf")), r"temperature must be 0 or more and finite \(got inf\)"),
         (dict(top_k=0), "top-k must be 1 or more"),
         (dict(top_p=0.0), r"top-p must be in \(0, 1\]"),
         (dict(top_p=1.5), r"top-p must be in \(0, 1\]"),
@@ -218,8 +220,10 @@ def test_bad_lengths_are_user_errors():
     model = tiny_model(65)
     with pytest.raises(UserError, match="max-new-tokens must be 1 or more"):
         next(generate(model, [1], 0))
-    with pytest.raises(UserError, match="num-samples must be 1 or more"):
+    with pytest.raises(UserError, match="num-samples must be from 1 to 1024"):
         next(generate(model, [1], 5, num_samples=0))
+    with pytest.raises(UserError, match=r"num-samples must be from 1 to 1024 \(got 1025\)"):
+        next(generate(model, [1], 5, num_samples=1025))
 
 
 # --- Continuation: incremental decoding and stop strings ---

@@ -1,5 +1,6 @@
 """``sample.py``: output format, streaming, stops, checkpoints, and every kind of bad input."""
 
+import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -35,7 +36,14 @@ def write_checkpoint(out_dir: Path, step: int = 10) -> Path:
     folder.mkdir(parents=True)
     model = tiny_model(char_tokenizer().vocab_size, seed=1)
     save_model(folder / "model.safetensors", model)
-    state = {"step": step, "best_val_loss": 2.5, "model_config": model.config.model_dump()}
+    weights = (folder / "model.safetensors").read_bytes()
+    manifest = {"size": len(weights), "sha256": hashlib.sha256(weights).hexdigest()}
+    state = {
+        "step": step,
+        "best_val_loss": 2.5,
+        "model_config": model.config.model_dump(),
+        "files": {"model.safetensors": manifest},
+    }
     (folder / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
     return folder
 
@@ -254,7 +262,7 @@ def test_an_incomplete_checkpoint_folder_is_a_user_error(capsys, tmp_path):
     checkpoint = write_checkpoint(write_out_dir(tmp_path / "out", char_tokenizer()))
     (checkpoint / "model.safetensors").unlink()
     code, out, err = sample(capsys, "--checkpoint", str(checkpoint))
-    assert_user_error(code, out, err, "model.safetensors does not exist")
+    assert_user_error(code, out, err, "is damaged (model.safetensors is missing)")
 
 
 def test_a_checkpoint_without_its_tokenizer_is_a_user_error(capsys, tmp_path):
@@ -299,7 +307,7 @@ def test_a_pickle_in_place_of_the_weights_is_refused_without_running_it(tmp_path
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
-    assert "not a complete weights file" in result.stderr
+    assert "is damaged (model.safetensors has 132 bytes" in result.stderr
     assert not marker.exists()
 
 
@@ -320,7 +328,7 @@ def test_a_checkpoint_with_a_damaged_trainer_state_is_a_user_error(capsys, tmp_p
     (checkpoint / "model.safetensors").write_bytes((out_dir / "model.safetensors").read_bytes())
     (checkpoint / "trainer_state.json").write_text('{"step": 1}')
     code, out, err = sample(capsys, "--checkpoint", str(checkpoint))
-    assert_user_error(code, out, err, "holds no valid model config")
+    assert_user_error(code, out, err, "is damaged", "holds no manifest of the checkpoint's files")
 
 
 @pytest.mark.parametrize("prompt", [[], ["--prompt", "RO"]])

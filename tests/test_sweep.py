@@ -276,6 +276,20 @@ def test_a_sweep_file_that_is_not_yaml_or_missing_is_one_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_a_sweep_with_two_runs_of_one_name_is_refused(tmp_path, capsys):
+    """YAML itself keeps the last of two equal keys: one run would silently be dropped."""
+    path = sweep_file(tmp_path)
+    text = path.read_text(encoding="utf-8")
+    runs = text.index("runs:\n") + len("runs:\n")
+    path.write_text(text[:runs] + "  b: {model.n_embd: 64}\n" + text[runs:], encoding="utf-8")
+    out = tmp_path / "out"
+    assert run_cli(sweep_main, [str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: sweep file {path} gives the key 'b' twice (the second at line ")
+    assert err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_a_sweep_without_its_data_stops_before_any_work(tmp_path, capsys):
     path = sweep_file(tmp_path, data=None, overrides={**TINY, "data.dir": str(tmp_path / "no")})
     out = tmp_path / "out"

@@ -37,11 +37,11 @@ from tokenizers import pre_tokenizers
 
 from gpt.base.errors import UserError
 from gpt.base.progress import Progress
-from gpt.data.tokenizer import Tokenizer, load_tokenizer
+from gpt.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_fingerprint
 from gpt.data.tokens import read_meta, split_tokens
 from gpt.models.lm import LanguageModel
 from gpt.run.folder import TOKENIZER_FILE, WEIGHTS_FILE, run_data_dir
-from gpt.run.weights import load_trained
+from gpt.run.weights import load_trained, tokenizer_file
 
 EVAL_SPLITS = ("test", "val", "train")
 
@@ -166,9 +166,12 @@ def split_bytes(meta: dict, split: str, tokens: np.ndarray, tokenizer: Tokenizer
     return recorded if recorded is not None else count_bytes(tokens, tokenizer)
 
 
-def check_same_tokenizer(run: Tokenizer, data: Tokenizer, data_dir: Path) -> None:
-    """Refuse data made with another tokenizer: its ids would mean other text to the model."""
-    if run.fingerprint() != data.fingerprint():
+def check_same_tokenizer(run: Tokenizer, run_file: Path, data_dir: Path) -> None:
+    """Refuse data made with another tokenizer than the model's (``run``, read from ``run_file``):
+    its ids would mean other text to the model."""
+    data_file = data_dir / TOKENIZER_FILE
+    if tokenizer_fingerprint(run_file) != tokenizer_fingerprint(data_file):
+        data = load_tokenizer(data_file)
         raise UserError(
             f"{data_dir} was prepared with another tokenizer than the model's ({data.kind}, "
             f"{data.vocab_size} tokens vs {run.kind}, {run.vocab_size}); prepare it with "
@@ -200,7 +203,7 @@ def evaluate(request: EvaluationRequest, accelerator) -> Evaluation:
         )
     data_dir = request.data or run_data_dir(request.out_dir)
     meta = read_meta(data_dir)
-    check_same_tokenizer(tokenizer, load_tokenizer(data_dir / TOKENIZER_FILE), data_dir)
+    check_same_tokenizer(tokenizer, tokenizer_file(weights), data_dir)
     tokens = split_tokens(data_dir, request.split, meta)
     if len(tokens) < 2:
         raise UserError(f"the {request.split} split of {data_dir} has no token to predict")

@@ -1,13 +1,15 @@
-"""The command-line edge: user errors become one line on stderr and exit code 2."""
+"""The command-line edge: user errors and failed file operations become one line on stderr and
+exit code 2; Ctrl-C ends a command with exit code 130 and one line."""
 
 import argparse
 import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from gpt.base.errors import UserError
+from gpt.base.errors import UserError, describe_os_error
 
 USER_ERROR_EXIT_CODE = 2
+INTERRUPTED_EXIT_CODE = 130  # the shell's code for a process that Ctrl-C (SIGINT) stopped
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -22,9 +24,17 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> int:
-    """Run ``main(argv)`` and turn a :class:`UserError` into ``error: ...`` and exit code 2."""
+    """Run ``main(argv)``: a :class:`UserError` or an :class:`OSError` becomes ``error: ...`` and
+    exit code 2, Ctrl-C ``interrupted ...`` and exit code 130. Every command writes under
+    temporary names that it removes when it fails, so no partial output is left behind."""
     try:
         return main(sys.argv[1:] if argv is None else argv) or 0
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
+    except OSError as error:
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); nothing unfinished was kept", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE

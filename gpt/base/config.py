@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -248,6 +249,16 @@ class TrainConfig(Section):
     )
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 
+    @field_validator("out_dir")
+    @classmethod
+    def _out_dir_is_named(cls, value: str) -> str:
+        """An empty out_dir would put the run's files into the current folder."""
+        if not value.strip():
+            raise ValueError(
+                f"train.out_dir={value!r} names no folder; set a folder such as out/run"
+            )
+        return value
+
     @field_validator("mixed_precision", mode="before")
     @classmethod
     def _no_is_not_false(cls, value: Any) -> Any:
@@ -355,15 +366,52 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
 def read_yaml_file(path: Path, kind: str, example: str) -> Any:
     """The YAML document in ``path`` (a ``kind`` such as "config file"), as plain data; a missing
-    file or bad YAML is one line naming it (and ``example``, what to pass instead)."""
+    file, a file that is not UTF-8, bad YAML or a key given twice in one mapping is one line naming
+    it (and ``example``, what to pass instead)."""
     if not path.is_file():
         raise UserError(f"{kind} {path} does not exist; pass {example}")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{kind} {path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+            f"{error.start}); save it as UTF-8"
+        ) from None
+    except DuplicateKeyError as error:
+        raise UserError(
+            f"{kind} {path} gives the key {error.key!r} twice (the second at line "
+            f"{error.line}); YAML would silently keep the last one: remove one of them"
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{kind} {path} is not valid YAML{where}; fix its syntax") from None
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that gives one key twice (``line``: where the second one is, from 1)."""
+
+    def __init__(self, key: Any, line: int):
+        super().__init__(f"duplicate key {key!r} at line {line}")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a mapping that repeats a key is an error: plain YAML loaders keep
+    the last value silently (two runs of one name in a sweep file would be one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # <<: *anchor may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):  # refused by the base class, in its own words
+                continue
+            if key in seen:
+                raise DuplicateKeyError(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

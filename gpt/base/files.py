@@ -8,9 +8,11 @@ never write through the same one.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,8 +24,25 @@ def replace_file(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(temporary)
         os.replace(temporary, path)
+    except OSError as error:  # name the file the user asked for, not its temporary name
+        if error.filename == str(temporary):
+            error.filename = str(path)
+        raise
     finally:
-        temporary.unlink(missing_ok=True)  # a no-op once renamed
+        if temporary.exists():  # not once renamed (and unlink would fail on a read-only disk)
+            temporary.unlink()
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Let an OSError raised in the block name ``path`` if it names no file: a write through an
+    open file names none, and the command's edge (gpt.cli) says which file failed."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            error.filename = str(path)
+        raise
 
 
 def write_text(path: Path, text: str) -> None:
@@ -34,7 +53,11 @@ def write_text(path: Path, text: str) -> None:
 @contextmanager
 def staging_folder(out: Path) -> Iterator[Path]:
     """A fresh folder ``OUT.tmp-<pid>`` beside ``out`` to write into; removed if anything fails
-    before :func:`publish_folder` renames it."""
+    before :func:`publish_folder` renames it. The staging folders of writers that were killed
+    are removed first, with a note (the caller holds ``out``: see :mod:`gpt.base.folder_lock`)."""
+    for abandoned in abandoned_staging_folders(out):
+        shutil.rmtree(abandoned, ignore_errors=True)
+        print(f"note: removed {abandoned}, left by a process that was stopped", file=sys.stderr)
     staging = sibling(out, "tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -42,6 +65,27 @@ def staging_folder(out: Path) -> Iterator[Path]:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # a no-op once published
+
+
+def abandoned_staging_folders(out: Path) -> list[Path]:
+    """The ``OUT.tmp-<pid>`` folders beside ``out`` whose process no longer runs on this machine."""
+    out = out.absolute()
+    found = []
+    for staging in out.parent.glob(f"{glob.escape(out.name)}.tmp-*"):
+        pid = staging.name.rpartition("-")[2]
+        if staging.is_dir() and pid.isdigit() and not _running(int(pid)):
+            found.append(staging)
+    return sorted(found)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        pass
+    return True
 
 
 def publish_folder(staging: Path, out: Path) -> None:

@@ -57,14 +57,8 @@ class Tokenizer:
         return sorted(set(text) - self._vocab.keys())
 
     def save(self, path: str | Path) -> None:
-        self.hf.save(str(path))
-
-    def fingerprint(self) -> str:
-        """SHA-256 of the tokenizer's canonical JSON: two tokenizers are the same, and their ids
-        mean the same text, exactly when their fingerprints are equal, however their files were
-        formatted. The one rule that training, resuming, evaluation and export go by."""
-        canonical = json.dumps(json.loads(self.hf.to_str()), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        """Write ``tokenizer.json`` (through Python's files, so a failed write is an OSError)."""
+        Path(path).write_text(self.hf.to_str(pretty=True), encoding="utf-8")
 
     def _check_known(self, text: str) -> None:
         unknown = self.unknown_chars(text)
@@ -129,3 +123,18 @@ def train_bpe_tokenizer(texts: Iterator[str], vocab_size: int) -> Tokenizer:
     )
     hf.train_from_iterator(texts, trainer=trainer)
     return Tokenizer(hf)
+
+
+def tokenizer_fingerprint(path: Path) -> str:
+    """The SHA-256 of ``path``'s JSON in canonical form (keys sorted, no insignificant spaces):
+    two tokenizer files mean the same ids as the same text exactly when their fingerprints are
+    equal, however they were laid out. The one rule by which training, resuming, evaluation,
+    export and every reader of weights tell whether two tokenizers are the same."""
+    try:
+        content = json.loads(Path(path).read_bytes())
+    except ValueError:
+        raise UserError(
+            f"{path} is not valid JSON; use the tokenizer.json data_prep wrote"
+        ) from None
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

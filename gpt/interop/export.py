@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gpt.base.errors import UserError
 from gpt.base.files import publish_folder, staging_folder
+from gpt.base.folder_lock import hold_folder
 from gpt.interop.gpt2 import CONFIG_FILE, gpt2_problems, save_gpt2
 from gpt.interop.llama import llama_problems, save_llama
 from gpt.models.gpt import GPT
@@ -31,6 +32,11 @@ def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False) 
     """Write the GPT of ``checkpoint`` to the folder ``out`` in Hugging Face's GPT-2 format, or
     Llama's / Qwen3's for a GPT with rotary positions."""
     out = Path(out)
+    with hold_folder(out, "python -m gpt.export", "DIR"):  # one writer at a time
+        return _export_hf(Path(checkpoint), out, overwrite)
+
+
+def _export_hf(checkpoint: Path, out: Path, overwrite: bool) -> Path:
     check_destination(out, overwrite)
     model, tokenizer = load_trained(checkpoint)
     if not isinstance(model, GPT):

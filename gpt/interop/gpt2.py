@@ -53,9 +53,10 @@ from pydantic import ValidationError
 from gpt.base.config import ModelConfig
 from gpt.base.downloads import gpt2_download_command
 from gpt.base.errors import UserError
-from gpt.data.tokenizer import END_OF_TEXT, Tokenizer, load_tokenizer
+from gpt.data.tokenizer import END_OF_TEXT, Tokenizer, load_tokenizer, tokenizer_fingerprint
 from gpt.data.tokens import read_meta
 from gpt.models.gpt import GPT
+from gpt.run.integrity import TOKENIZER_KEY, check_tokenizer, check_weights, sealed
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -201,7 +202,8 @@ class GPT2Folder:
     @torch.no_grad()
     def load_into(self, model: GPT) -> None:
         """Copy the folder's weights into ``model``, a GPT built from :meth:`model_config`, one
-        tensor at a time (so memory holds the model plus one tensor)."""
+        tensor at a time (so memory holds the model plus one tensor), once verified."""
+        self.verify()
         with _open_weights(self.path) as stored:
             parameters = dict(model.named_parameters())  # the tied head appears once
             expected = _gpt2_names(model.config.n_layer)
@@ -234,6 +236,24 @@ class GPT2Folder:
                     f"the GPT-2 weights in {self.path} have an output head that is not the token "
                     "embedding; this project's GPT ties the two, so it cannot take them"
                 )
+
+    def verify(self) -> None:
+        """A folder that gpt.export wrote records a digest of its weights and the fingerprint of
+        its tokenizer (gpt/integrity.py): refuse one whose files differ. Other folders (a download,
+        sharded weights) are read as they are, with a note where the single weights file has no
+        digest."""
+        weights = self.path / WEIGHTS_FILE
+        if not weights.is_file():
+            return
+        with ExitStack() as stack:
+            handle = _open_safetensors(weights, stack)
+            metadata = handle.metadata() or {}
+            check_weights(
+                weights, ((name, handle.get_tensor(name)) for name in handle.keys()), metadata
+            )
+        tokenizer = self.path / TOKENIZER_FILE
+        if tokenizer.is_file():
+            check_tokenizer(tokenizer, metadata.get(TOKENIZER_KEY), weights)
 
 
 def gpt2_problems(config: ModelConfig) -> list[str]:
@@ -292,11 +312,15 @@ def write_hf_folder(
     tokenizer: Tokenizer,
     block_size: int,
 ) -> None:
-    """A Hugging Face model folder of any family: its config.json, the weights, the tokenizer
-    with a fast tokenizer's config, and the generation config (end of text as BOS and EOS)."""
+    """A Hugging Face model folder of any family: its config.json, the tokenizer with a fast
+    tokenizer's config, the weights sealed with their digest and the tokenizer's fingerprint
+    (:mod:`gpt.run.integrity`), and the generation config (end of text as BOS and EOS)."""
     _write_json(folder / CONFIG_FILE, hf_config)
-    safetensors.torch.save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     tokenizer.save(folder / TOKENIZER_FILE)
+    metadata = {"format": "pt", TOKENIZER_KEY: tokenizer_fingerprint(folder / TOKENIZER_FILE)}
+    safetensors.torch.save_file(
+        tensors, str(folder / WEIGHTS_FILE), metadata=sealed(tensors, metadata)
+    )
     _write_json(folder / TOKENIZER_CONFIG_FILE, _tokenizer_config(tokenizer, block_size))
     generation = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
     _write_json(folder / GENERATION_CONFIG_FILE, generation)

@@ -26,6 +26,7 @@ may their tokens.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -36,6 +37,8 @@ from gpt.base.errors import UserError
 from gpt.data.tokenizer import Tokenizer
 from gpt.models.lm import LanguageModel
 
+# Samples are generated as one batch, whose memory grows with it (the KV cache, the logits).
+MAX_NUM_SAMPLES = 1024
 REPLACEMENT_CHAR = "\ufffd"  # what decoding shows for the bytes of an incomplete character
 
 
@@ -48,9 +51,10 @@ class SamplingSettings:
     top_p: float | None = None  # sample among the most likely tokens holding this much probability
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
+        if not math.isfinite(self.temperature) or self.temperature < 0:
             raise UserError(
-                f"temperature must be 0 or more (got {self.temperature}); use 0 for greedy decoding"
+                f"temperature must be 0 or more and finite (got {self.temperature}); use 0 for "
+                "greedy decoding"
             )
         if self.top_k is not None and self.top_k < 1:
             raise UserError(
@@ -143,8 +147,11 @@ class CachedContext:
 def check_lengths(max_new_tokens: int, num_samples: int) -> None:
     if max_new_tokens < 1:
         raise UserError(f"max-new-tokens must be 1 or more (got {max_new_tokens})")
-    if num_samples < 1:
-        raise UserError(f"num-samples must be 1 or more (got {num_samples})")
+    if not 1 <= num_samples <= MAX_NUM_SAMPLES:
+        raise UserError(
+            f"num-samples must be from 1 to {MAX_NUM_SAMPLES} (got {num_samples}): the samples are "
+            "generated together in one batch; for more, run again with another --seed"
+        )
 
 
 def check_stop_strings(stop_strings: Sequence[str]) -> None:

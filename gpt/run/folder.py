@@ -170,16 +170,13 @@ def move_earlier_run_aside(out_dir: Path) -> Path | None:
 
 
 class MetricsLog:
-    """``metrics.jsonl``: one JSON record a line, each with ``step`` and ``kind``; written by the
-    main process only (``enabled``)."""
+    """``metrics.jsonl``: one JSON record a line, each with ``step`` and ``kind``. One process
+    writes it (the trainer's main process)."""
 
-    def __init__(self, out_dir: Path, enabled: bool):
+    def __init__(self, out_dir: Path):
         self.path = out_dir / METRICS_FILE
-        self.enabled = enabled
 
     def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
         try:
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -192,7 +189,7 @@ class MetricsLog:
         A line that does not parse (cut short by a kill while it was written) is past the
         checkpoint too, and is dropped with them.
         """
-        if not self.enabled or not self.path.exists():
+        if not self.path.exists():
             return
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
         kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]

@@ -16,8 +16,14 @@ from gpt.base.files import replace_file, use_default_permissions
 from gpt.data.tokenizer import Tokenizer, load_tokenizer
 from gpt.models.gpt import build_model
 from gpt.models.lm import LanguageModel
-from gpt.run.checkpoints import TRAINER_STATE_FILE, read_trainer_state, saved_model_config
+from gpt.run.checkpoints import (
+    TRAINER_STATE_FILE,
+    find_damage,
+    read_trainer_state,
+    saved_model_config,
+)
 from gpt.run.folder import TOKENIZER_FILE, WEIGHTS_FILE
+from gpt.run.integrity import TOKENIZER_KEY, check_tokenizer, check_weights, sealed
 
 
 def save_model(
@@ -26,9 +32,11 @@ def save_model(
     """Write ``model``'s weights and config to a safetensors file, atomically.
 
     ``metadata`` goes into the file's header beside the config: the trainer records the ``step``
-    and ``val_loss`` of the best weights there.
+    and ``val_loss`` of the best weights there, and the tokenizer's fingerprint
+    (:mod:`gpt.run.integrity`). A digest of it all is added, which :func:`load_model` verifies.
     """
     metadata = {**(metadata or {}), "model_config": model.config.model_dump_json()}
+    metadata = sealed(model.state_dict(), metadata)
 
     def write(temporary: Path) -> None:
         safetensors.torch.save_model(model, str(temporary), metadata=metadata)
@@ -38,8 +46,17 @@ def save_model(
 
 
 def load_model(path: str | Path, config: ModelConfig | None = None) -> LanguageModel:
-    """Rebuild a model from a weights file; ``config`` is needed only if the file lacks one."""
-    path = Path(path)
+    """Rebuild a model from a weights file that :func:`save_model` wrote, verified against the
+    digest it records; ``config`` is needed only if the file lacks one."""
+    model, metadata = _read_model(Path(path), config)
+    check_weights(Path(path), model.state_dict().items(), metadata)
+    return model
+
+
+def _read_model(
+    path: Path, config: ModelConfig | None = None
+) -> tuple[LanguageModel, dict[str, str]]:
+    """A model rebuilt from a weights file, unverified, and the file's metadata."""
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist; train a model first")
     try:
@@ -53,7 +70,7 @@ def load_model(path: str | Path, config: ModelConfig | None = None) -> LanguageM
             f"{path} is not a complete weights file ({one_line(error)}); "
             "it may be truncated or corrupt: use another checkpoint or retrain"
         ) from None
-    return model
+    return model, metadata
 
 
 def _metadata(weights: Path) -> dict[str, str]:
@@ -64,19 +81,29 @@ def _metadata(weights: Path) -> dict[str, str]:
 def load_trained(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[LanguageModel, Tokenizer]:
-    """The model and tokenizer of a training output folder (best weights) or of one checkpoint."""
+    """The model and tokenizer of a training output folder (best weights) or of one checkpoint,
+    each verified: a checkpoint against its manifest, best weights against their digest, and the
+    tokenizer against the fingerprint the weights were saved with."""
     weights, checkpoint = _locate_weights(Path(path))
     if checkpoint is not None:  # a checkpoint inside OUT_DIR/checkpoints/
-        model = load_model(weights, saved_model_config(checkpoint))
-        tokenizer_path = checkpoint.parent.parent / TOKENIZER_FILE
+        damage = find_damage(checkpoint)
+        if damage:
+            raise UserError(
+                f"checkpoint {checkpoint} is damaged ({damage}); use another checkpoint or the "
+                "run's best weights"
+            )
+        model, _ = _read_model(weights, saved_model_config(checkpoint))
+        fingerprint = read_trainer_state(checkpoint).get(TOKENIZER_KEY)
     else:
         model = load_model(weights)
-        tokenizer_path = weights.parent / TOKENIZER_FILE
+        fingerprint = _metadata(weights).get(TOKENIZER_KEY)
+    tokenizer_path = tokenizer_file(path)
     if not tokenizer_path.is_file():
         raise UserError(
             f"{tokenizer_path} is missing: the training output folder is incomplete; copy the "
             "tokenizer.json of the data the model was trained on there"
         )
+    check_tokenizer(tokenizer_path, fingerprint, weights)
     tokenizer = load_tokenizer(tokenizer_path)
     if tokenizer.vocab_size > model.config.vocab_size:  # a padded, larger model vocabulary is fine
         raise UserError(
@@ -85,6 +112,13 @@ def load_trained(
             "copy the tokenizer.json of the data the model was trained on there"
         )
     return model.to(device).eval(), tokenizer
+
+
+def tokenizer_file(path: str | Path) -> Path:
+    """The tokenizer.json that goes with the weights ``path`` names (a run folder's best weights or
+    one of its checkpoints): the run folder's."""
+    weights, checkpoint = _locate_weights(Path(path))
+    return (checkpoint.parent.parent if checkpoint is not None else weights.parent) / TOKENIZER_FILE
 
 
 def describe_trained(path: str | Path) -> str:

@@ -11,9 +11,15 @@ aborted even though the trainer ends on a barrier; with this, none in 132.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 from accelerate import Accelerator
 
+from gpt.base.errors import UserError, describe_os_error
+
+T = TypeVar("T")
 MESSAGE_BYTES = 1024  # a problem is one line; longer ones are cut
 
 
@@ -29,3 +35,23 @@ def first_problem(accelerator: Accelerator, problem: str | None) -> str | None:
         if row[0]:
             return bytes(row[1:].tolist()).rstrip(b"\0").decode("utf-8", errors="replace")
     return None
+
+
+def on_main_process(accelerator: Accelerator, write: Callable[[], T]) -> T | None:
+    """Run ``write`` on the main process alone and return what it returns there (None on the
+    others); its failure (a :class:`UserError`, or an :class:`OSError` in words) stops every
+    process with the same line. Every process must call this, at the same point: without it, the
+    others would wait for the main process in their next collective operation until the
+    distributed timeout, then report that they lost contact."""
+    problem, result = None, None
+    if accelerator.is_main_process:
+        try:
+            result = write()
+        except UserError as error:
+            problem = str(error)
+        except OSError as error:
+            problem = describe_os_error(error)
+    problem = first_problem(accelerator, problem)
+    if problem:
+        raise UserError(problem)
+    return result

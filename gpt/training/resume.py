@@ -1,9 +1,12 @@
 """Which checkpoint a run resumes from (``train.resume``), and what becomes of damaged ones.
 
-* ``auto``: checkpoints are tried newest first. One whose files do not match its manifest, or that
-  fails to load for any reason, is set aside as ``checkpoints/damaged-step_XXXXXXX`` (kept for a
-  post-mortem, never resumed again) with one line saying what was wrong, and the next older one
-  is tried. If every checkpoint is damaged, the run stops with a :class:`UserError`.
+* ``auto``: checkpoints are tried newest first. One whose files do not match its manifest, or
+  whose files cannot be read as a checkpoint of this model (unreadable, cut short, other shapes),
+  is set aside as ``checkpoints/damaged-step_XXXXXXX`` (kept for a post-mortem, never resumed
+  again) with one line saying what was wrong, and the next older one is tried. If every checkpoint
+  is damaged, the run stops with a :class:`UserError`. A load that fails for another reason (out of
+  memory, a lost process, a library that reads its files differently) says nothing about the
+  checkpoint: the run stops with one line and leaves the checkpoint where it is.
 * a path: that checkpoint, or a :class:`UserError` if it is damaged (no fallback: it was chosen).
 * ``never``, or ``auto`` without checkpoints: nothing is resumed.
 
@@ -14,9 +17,12 @@ come to the same decision.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
+import safetensors
+import torch
 from accelerate import Accelerator
 
 from gpt.base.errors import UserError, one_line
@@ -24,6 +30,10 @@ from gpt.run.checkpoints import find_damage
 from gpt.run.folder import CHECKPOINTS_DIR, list_checkpoints
 from gpt.training.agreement import first_problem
 from gpt.training.checkpoint import remove_unfinished, set_aside
+
+# What torch raises for a file it cannot read as the state it expects: cut short, not a
+# checkpoint, or tensors of other shapes.
+_DAMAGE_SIGNS = ("size mismatch", "Error(s) in loading state_dict", "PytorchStreamReader")
 
 
 def resume(
@@ -101,9 +111,26 @@ def _try(
     try:
         restore(checkpoint)
         failure = None
-    except Exception as error:  # whatever the reason, the checkpoint cannot be resumed
-        failure = f"{type(error).__name__}: {one_line(error)}"
+    except Exception as error:  # whatever it is, every process must hear of it
+        kind = "damaged" if is_damage(error) else "failed"
+        failure = f"{kind} {type(error).__name__}: {one_line(error)}"
     failure = first_problem(accelerator, failure)  # the same on every process
-    if failure:
-        return f"could not be loaded ({failure})"
-    return None
+    if failure is None:
+        return None
+    kind, _, reason = failure.partition(" ")
+    if kind == "failed":
+        raise UserError(
+            f"checkpoint {checkpoint} could not be loaded ({reason}); its files are as written, "
+            "so it is left as it is: remove the cause and run the same command again"
+        )
+    return f"could not be loaded ({reason})"
+
+
+def is_damage(error: Exception) -> bool:
+    """Whether loading failed because of the checkpoint's files (unreadable, cut short, foreign,
+    of other shapes) rather than for a reason of its own (out of memory, a lost process)."""
+    if isinstance(error, (torch.OutOfMemoryError, torch.distributed.DistError)):
+        return False
+    if isinstance(error, (safetensors.SafetensorError, pickle.UnpicklingError, EOFError)):
+        return True
+    return isinstance(error, RuntimeError) and any(sign in str(error) for sign in _DAMAGE_SIGNS)

@@ -37,7 +37,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 from pathlib import Path
@@ -50,7 +51,8 @@ from torch.distributed.tensor import DTensor
 
 from gpt.base.config import Config, fit_warmup_to_run
 from gpt.base.errors import UserError, one_line
-from gpt.data.tokenizer import load_tokenizer
+from gpt.base.folder_lock import hold_folder
+from gpt.data.tokenizer import tokenizer_fingerprint
 from gpt.data.tokens import BatchSlice, TokenData
 from gpt.interop.pretrained import load_pretrained, pretrained_model_config
 from gpt.models.gpt import build_model
@@ -66,7 +68,9 @@ from gpt.run.folder import (
     write_run_description,
     write_run_facts,
 )
+from gpt.run.integrity import TOKENIZER_KEY
 from gpt.run.weights import save_model
+from gpt.training.agreement import on_main_process
 from gpt.training.checkpoint import (
     WRITE_ERRORS,
     check_model_shape,
@@ -136,6 +140,8 @@ class Trainer:
         if train.init_from is not None:  # the pretrained weights fix the shape (gpt/pretrained.py)
             model_config = pretrained_model_config(config.model, train.init_from, config.data.dir)
         self.data = TokenData(config.data.dir, model_config.block_size, config.data.train_fraction)
+        # recorded with every weights file and checkpoint, which readers check (gpt.run.integrity)
+        self.tokenizer_fingerprint = tokenizer_fingerprint(self.data.tokenizer_path)
         self.model_config = model_config.model_copy(
             update={"vocab_size": self._vocab_size(model_config.vocab_size)}
         )
@@ -176,7 +182,7 @@ class Trainer:
         # Compile the prepared module, so saved state keeps the plain parameter names.
         self.forward = torch.compile(self.model) if train.compile else self.model
         self.state = TrainState()
-        self.metrics = MetricsLog(self.out_dir, self.accelerator.is_main_process)
+        self.metrics = MetricsLog(self.out_dir)
         self.tracking = Tracking(
             self.accelerator, train.wandb, wandb_mode, self.out_dir, self.console.print
         )
@@ -195,20 +201,30 @@ class Trainer:
     # ----- the run -------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        previous_handlers = self._catch_stop_signals()
-        try:
-            self._train()
-            return self._finish()  # the report takes seconds: a second Ctrl-C may come here too
-        except KeyboardInterrupt:
-            self.console.close_progress()
-            self.console.print(
-                f"stopped at once by a second interrupt at step {self.state.step}; "
-                f"{self._newest_checkpoint()}: run the same command again to resume from it"
-            )
-            raise
-        finally:
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
+        with self._holding_out_dir():
+            previous_handlers = self._catch_stop_signals()
+            try:
+                self._train()
+                return self._finish()  # the report takes seconds: a second Ctrl-C may come here
+            except KeyboardInterrupt:
+                self.console.close_progress()
+                self.console.print(
+                    f"stopped at once by a second interrupt at step {self.state.step}; "
+                    f"{self._newest_checkpoint()}: run the same command again to resume from it"
+                )
+                raise
+            finally:
+                for signum, handler in previous_handlers.items():
+                    signal.signal(signum, handler)
+
+    @contextmanager
+    def _holding_out_dir(self) -> Iterator[None]:
+        """The run owns ``train.out_dir`` for its whole life (:mod:`gpt.base.folder_lock`): the
+        main process holds it, and a refusal stops every process with the same line."""
+        with ExitStack() as held:
+            hold = hold_folder(self.out_dir, "train.py", "train.out_dir")
+            on_main_process(self.accelerator, lambda: held.enter_context(hold))
+            yield
 
     def _train(self) -> None:
         try:
@@ -480,7 +496,7 @@ class Trainer:
             "val_loss": val_loss,
             "best_val_loss": self.state.best_val_loss,
         }
-        self.metrics.write(record)
+        self._write_metrics(record)
         self.tracking.log({"eval/train_loss": train_loss, "eval/val_loss": val_loss}, step)
         self.console.print(
             f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
@@ -495,17 +511,21 @@ class Trainer:
         and val loss they have, so that sampling can say which weights it uses."""
         self._check_weights_are_finite()
         state_dict = self.accelerator.get_state_dict(self.model)
-        if self.accelerator.is_main_process:
-            model = build_model(self.model_config)
-            model.load_state_dict(state_dict)
-            path = self.out_dir / WEIGHTS_FILE
-            saved_at = {"step": str(self.state.step), "val_loss": repr(self.state.best_val_loss)}
-            try:
-                save_model(path, model, saved_at)
-            except WRITE_ERRORS as error:
-                raise write_failed(
-                    f"the best weights {path}", one_line(error), self.out_dir
-                ) from None
+        on_main_process(self.accelerator, lambda: self._write_best_weights(state_dict))
+
+    def _write_best_weights(self, state_dict: dict) -> None:
+        model = build_model(self.model_config)
+        model.load_state_dict(state_dict)
+        path = self.out_dir / WEIGHTS_FILE
+        saved_at = {
+            "step": str(self.state.step),
+            "val_loss": repr(self.state.best_val_loss),
+            TOKENIZER_KEY: self.tokenizer_fingerprint,
+        }
+        try:
+            save_model(path, model, saved_at)
+        except WRITE_ERRORS as error:
+            raise write_failed(f"the best weights {path}", one_line(error), self.out_dir) from None
 
     # ----- starting: resume or a fresh output folder ----------------------------------------------
 
@@ -517,20 +537,24 @@ class Trainer:
         """
         train = self.config.train
         resumed = resume(self.accelerator, train.resume, self.out_dir, self._check, self._restore)
-        moved = None
-        if self.accelerator.is_main_process:
-            if resumed:
-                self.metrics.keep_until(self.state.step)
-            else:
-                moved = move_earlier_run_aside(self.out_dir)
-            write_run_description(self.out_dir, self._resolved_config(), self.data.tokenizer_path)
-        self.accelerator.wait_for_everyone()
+        moved = on_main_process(self.accelerator, lambda: self._prepare_out_dir(resumed))
         # a checkpoint of an earlier version may lack the id: its W&B run cannot be continued
         self.state.wandb_run_id = self.state.wandb_run_id or new_run_id()
         config = self._resolved_config().model_dump(mode="json")
         self.tracking.start(self.state.wandb_run_id, config)
         if self.console.enabled:
             self.console.print(startup_block(self._facts(self._how_it_starts(resumed, moved))))
+
+    def _prepare_out_dir(self, resumed: Path | None) -> Path | None:
+        """Keep the metrics of a resumed run up to its checkpoint, or move an earlier run aside
+        (returns where to); then describe this run in the folder."""
+        moved = None
+        if resumed:
+            self.metrics.keep_until(self.state.step)
+        else:
+            moved = move_earlier_run_aside(self.out_dir)
+        write_run_description(self.out_dir, self._resolved_config(), self.data.tokenizer_path)
+        return moved
 
     def _how_it_starts(self, resumed: Path | None, moved: Path | None) -> str:
         if resumed:
@@ -583,8 +607,7 @@ class Trainer:
         data_tokenizer = self.data.tokenizer_path
         if not trained_with.is_file():
             return
-        trained = load_tokenizer(trained_with).fingerprint()
-        if trained != load_tokenizer(data_tokenizer).fingerprint():
+        if tokenizer_fingerprint(trained_with) != self.tokenizer_fingerprint:
             raise UserError(
                 f"the data's tokenizer {data_tokenizer} differs from {trained_with}, the one this "
                 "run was trained with; resume on the data it was trained on (or on data prepared "
@@ -596,7 +619,15 @@ class Trainer:
         return self.config.model_copy(update={"model": self.model_config})
 
     def _trainer_state(self) -> dict:
-        return {**asdict(self.state), "model_config": self.model_config.model_dump(mode="json")}
+        return {
+            **asdict(self.state),
+            "model_config": self.model_config.model_dump(mode="json"),
+            TOKENIZER_KEY: self.tokenizer_fingerprint,
+        }
+
+    def _write_metrics(self, record: dict) -> None:
+        """One record into metrics.jsonl, by the main process; every process stops if it fails."""
+        on_main_process(self.accelerator, lambda: self.metrics.write(record))
 
     # ----- metrics -------------------------------------------------------------------------------
 
@@ -612,7 +643,7 @@ class Trainer:
             "tokens_per_sec": tokens_per_sec,
             "mfu": self._mfu(tokens_per_sec),
         }
-        self.metrics.write(record)
+        self._write_metrics(record)
         values = {f"train/{k}": v for k, v in record.items() if k not in ("step", "kind")}
         self.tracking.log(values, step)
 
