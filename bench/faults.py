@@ -32,7 +32,7 @@ uninterrupted run of the same configuration. The parts (``--only`` runs some of 
 * ctrl-c: Ctrl-C (SIGINT), and a second one while the checkpoint that the first asked for is being
   written (slowed down); then the same command. (The evaluation that a stopped run does on its way
   out, off the schedule, is left out of the comparison.)
-* bad-inputs: the bad-input table of tests/test_bad_inputs.py, each case checked as that test does.
+* bad-inputs: the bad-input table of bench/bad_inputs.py, each case checked as tests/test_bad_inputs.py does.
 
 ``--trials`` is the number of kill trials of each configuration; the rarer faults get a tenth of it.
 """
@@ -677,8 +677,8 @@ def ctrl_c_table(result: dict) -> str:
 
 
 def bad_input_trials(campaign: Campaign, plan: Plan) -> dict:
-    """Every case of tests/test_bad_inputs.py, checked exactly as that test checks it."""
-    from tests import test_bad_inputs as table
+    """Every case of bench/bad_inputs.py, checked exactly as tests/test_bad_inputs.py checks it."""
+    from bench import bad_inputs as table
 
     folders = table.prepare_folders(campaign.folder("bad-inputs/good"))
     launches = iter(range(10**6))
@@ -749,7 +749,7 @@ PARTS = {
     "wandb": Part("W&B online without a network", wandb_trials, wandb_table),
     "peer-death": Part("one process of two dies", peer_death_trials, peer_death_table),
     "ctrl-c": Part("Ctrl-C twice", ctrl_c_trials, ctrl_c_table),
-    "bad-inputs": Part("bad inputs (tests/test_bad_inputs.py)", bad_input_trials, bad_inputs_table),
+    "bad-inputs": Part("bad inputs (bench/bad_inputs.py)", bad_input_trials, bad_inputs_table),
 }
 QUICK_PARTS = ("kills-1", "damage-1", "full-disk", "wandb", "ctrl-c", "bad-inputs")
 
