@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from gpt.analysis.figures import new_figure
 from gpt.analysis.sweep_report import Analysis, AnalysisFigure, Measured
+from gpt.run.folder import read_config
 
 ANALYSES: dict[str, Analysis] = {}
 
@@ -226,9 +227,7 @@ def final_diagnostics(m: Measured):
 
 def resolved_config(m: Measured):
     """The config the run trained with, as the trainer wrote it (the vocabulary size filled in)."""
-    from gpt.base.config import load_config
-
-    return load_config(m.run.dir / "config.yaml")
+    return read_config(m.run.dir)
 
 
 def plot_through_depth(ax, runs: list[Measured], values: dict[str, list[float]], label: str):
