@@ -93,7 +93,9 @@ def files_naming(folder: Path, text: bytes) -> list[Path]:
     return [path for path in folder.rglob("*") if path.is_file() and text in path.read_bytes()]
 
 
-def test_compile_on_the_cpu_learns_and_resumes_across_compiled_and_eager(shakespeare_char, tmp_path):
+def test_compile_on_the_cpu_learns_and_resumes_across_compiled_and_eager(
+    shakespeare_char, tmp_path
+):
     """Compiled and eager runs take the same steps to float rounding (inductor fuses kernels), so
     weights across the two are compared with a tolerance: measured 4e-7, asserted 1e-5."""
     compiled = train(shakespeare_char, tmp_path / "compiled", "train.compile=true")

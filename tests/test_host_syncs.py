@@ -35,7 +35,9 @@ class HostReads:
         self.on = False
         self.counts = Counter()
         for name in READS:
-            monkeypatch.setattr(torch.Tensor, name, self._counted(name, getattr(torch.Tensor, name)))
+            monkeypatch.setattr(
+                torch.Tensor, name, self._counted(name, getattr(torch.Tensor, name))
+            )
 
     def _counted(self, name: str, read):
         def counted(tensor, *args, **kwargs):
