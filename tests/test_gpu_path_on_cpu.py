@@ -11,6 +11,7 @@ import math
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -93,6 +94,7 @@ def files_naming(folder: Path, text: bytes) -> list[Path]:
     return [path for path in folder.rglob("*") if path.is_file() and text in path.read_bytes()]
 
 
+@pytest.mark.slow  # the first compilation of the tiny model takes up to a minute, cached after
 def test_compile_on_the_cpu_learns_and_resumes_across_compiled_and_eager(
     shakespeare_char, tmp_path
 ):
