@@ -11,9 +11,11 @@ import math
 import statistics
 
 import pytest
+import torch
 
 import bench
 from bench import run_all
+from gpt.base.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +113,34 @@ def test_the_fault_campaign_in_short_survives_every_fault(tmp_path, monkeypatch)
         assert outcome["total"] >= 1, part
         assert outcome["survived"] == outcome["total"], (part, outcome["trials"])
     assert "## Faults survived" in printed.getvalue()
+
+
+def test_the_gpu_benchmark_runs_its_quick_form_on_the_cpu(tmp_path, monkeypatch):
+    """``python -m bench.gpu --quick``: both configs' kinds trained and sampled through the same
+    code as on a GPU (tiny shapes, bf16 autocast, eager); only figures of the right kind are
+    checked, never a speed."""
+    from bench import gpu
+
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        gpu.main(["--quick"])
+    result = json.loads((tmp_path / "quick" / "gpu.json").read_text())
+    results = result["results"]
+    assert list(results) == ["gpt2-124m", "llama-124m"]
+    assert not results["gpt2-124m"]["model"]["rope"] and results["llama-124m"]["model"]["rope"]
+    for name, outcome in results.items():
+        training = outcome["training"]
+        assert training["tokens_per_step"] == 2 * 32 and training["steps"] == 3
+        assert training["tokens_per_sec"] > 0 and 0 < training["mfu"] < 1
+        assert training["peak_memory_bytes"] is None  # the CPU has no allocator peak
+        assert [s["batch_size"] for s in outcome["sampling"]] == [1, 8]
+        assert all(s["tokens_per_sec"] > 0 for s in outcome["sampling"])
+        assert f"| {name} |" in printed.getvalue()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
+def test_the_gpu_benchmark_without_a_gpu_is_one_line():
+    from bench import gpu
+
+    with pytest.raises(UserError, match="--quick on the CPU"):
+        gpu.main([])
