@@ -455,24 +455,31 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self, scheduled: bool = True) -> None:
-        """Mean loss over ``eval_iters`` fixed global batches of each split.
+        """Mean loss over ``eval_iters`` batches of ``batch_size`` windows of each split on every
+        process (nanoGPT's meaning; gradient accumulation plays no part).
 
-        An evaluation batch is a global batch like a training one, split over processes and
-        micro-steps the same way, so the loss is over the same windows however a run is split.
-        ``scheduled``: one of the ``eval_interval`` evaluations (see :meth:`_record_evaluation`).
+        The windows are fixed (:meth:`BatchSlice.for_evaluation`), so runs that evaluate as many
+        of them (``eval_iters x batch_size x processes``) evaluate the same ones however they are
+        split. ``scheduled``: one of the ``eval_interval`` evaluations (see
+        :meth:`_record_evaluation`).
         """
-        train = self.config.train
+        train, accelerator = self.config.train, self.accelerator
         self.model.eval()
         losses = {}
         for split in ("train", "val"):
             total = torch.zeros((), device=self.device)
             for index in range(train.eval_iters):
-                for micro_step in range(train.gradient_accumulation_steps):
-                    part = self._batch_slice(micro_step)
-                    batch = self.data.eval_batch(split, train.seed, index, part)
-                    total += self.forward(*self._to_device(batch))[1].float()
-            mean = total / (train.eval_iters * train.gradient_accumulation_steps)
-            losses[split] = self.accelerator.reduce(mean, reduction="mean").item()
+                part = BatchSlice.for_evaluation(
+                    train.batch_size,
+                    train.eval_iters,
+                    accelerator.num_processes,
+                    accelerator.process_index,
+                    index,
+                )
+                batch = self.data.eval_batch(split, train.seed, part)
+                total += self.forward(*self._to_device(batch))[1].float()
+            mean = total / train.eval_iters
+            losses[split] = accelerator.reduce(mean, reduction="mean").item()
         self.model.train()
         self._record_evaluation(losses["train"], losses["val"], scheduled)
 
