@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from bench.fault_runs import free_port
+from gpt.analysis.runs import load_run
 from gpt.base.config import ModelConfig, TrainConfig
 from gpt.data.tokens import BatchSlice, TokenData
 from gpt.run.weights import load_model
@@ -268,6 +269,27 @@ def test_an_evaluation_reads_eval_iters_batches_of_each_split_whatever_the_accum
     evaluations = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "eval"]
     assert len(evaluations) == 2  # at step 0 and at the end
     assert len(log.read_text().splitlines()) == 2 * 2 * 3  # evaluations x splits x eval_iters
+
+
+def test_a_slow_evaluation_counts_in_wall_time_but_not_in_the_next_records_tokens_per_sec(
+    shakespeare_char, tmp_path
+):
+    """Every evaluation batch sleeps 0.25 s: the evaluation at step 5 takes at least 1 s, which
+    the train record at step 10 counts in its wall_seconds and not in its tokens/s."""
+    out, sleep = tmp_path / "run", 0.25
+    result = run_python(
+        SLOW_EVALUATIONS, str(sleep), str(tmp_path / "evaluation_batches"),
+        *train_args(shakespeare_char, out, "train.max_iters=10", "train.eval_interval=5",
+                    "train.log_interval=5", "train.eval_iters=2"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = 2 * 2 * sleep  # splits x eval_iters x the sleep of each batch
+    tokens_per_step = json.loads((out / "run.json").read_text())["tokens_per_step"]
+    after = next(r for r in read_metrics(out) if r["kind"] == "train" and r["step"] == 10)
+    training = tokens_per_step * 5 / after["tokens_per_sec"]  # the seconds its tokens/s is over
+    assert training + evaluation <= after["wall_seconds"]
+    run = load_run(out, "run")
+    assert run.training_seconds_at_records()[-1] + evaluation <= run.wall_seconds
 
 
 @pytest.mark.slow
