@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import CORPUS, ROOT, format_table
 from bench.fault_runs import ONE, Campaign, conclude, environment, say, tally
@@ -38,11 +39,13 @@ from bench.injection import (
     swap_two_tokens,
 )
 
+if TYPE_CHECKING:
+    from bench.faults import Plan
+
 ENDLESS = (
     "train.max_iters=100000", "train.eval_interval=100000", "train.checkpoint_interval=5",
 )  # fmt: skip
 SHORT = ("train.max_iters=2", "train.eval_interval=2")
-NAMED = {"a flipped byte": "damaged", "a swapped tokenizer": "tokenizer"}  # in the refusal
 
 
 def python(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -118,7 +121,7 @@ def read_records(out: Path) -> list[dict]:
     return [json.loads(line) for line in lines if line.endswith("}")]
 
 
-def two_runs_trials(campaign: Campaign, plan) -> dict:
+def two_runs_trials(campaign: Campaign, plan: Plan) -> dict:
     count = 2 * plan.few
     trials = []
     for number in range(count):
@@ -148,48 +151,55 @@ def two_runs_table(result: dict) -> str:
 # ----- damaged weights and swapped tokenizers, given to every reader -----------------------------
 
 
-def untrusted_cases(run: Path, work: Path) -> dict[str, tuple[Path, tuple[str, ...]]]:
-    """Each reader of a run's weights: the file it trusts, and its command on ``run``."""
+DAMAGES = {  # what is done to which file, and what the refusal must name
+    "a flipped byte": (flip_last_byte, "model.safetensors", "damaged"),
+    "a swapped tokenizer": (swap_two_tokens, "tokenizer.json", "tokenizer"),
+}
+READERS = ("sample.py", "sample.py a checkpoint", "gpt.evaluate", "gpt.export", "train.init_from")
+
+
+def damaged_reader(
+    campaign: Campaign, good: Path, folder: Path, damage: str, reader: str
+) -> list[str]:
+    """A copy of the run ``good`` (of its export ``good/../hf`` for train.init_from) in ``folder``
+    with ``damage`` done, and the command of ``reader`` given it."""
+    do, name, _ = DAMAGES[damage]
+    if reader == "train.init_from":
+        hf = Path(shutil.copytree(good.parent / "hf", folder / "hf"))
+        do(hf / name)
+        args = campaign.train(ONE, folder / "run", *SHORT, f"train.init_from={hf}")
+        return [*args, "model.bias=true"]  # as the GPT-2 weights have it
+    run = Path(shutil.copytree(good, folder / "run"))
     checkpoint = sorted((run / "checkpoints").glob("step_*"))[-1]
-    sample = ("sample.py", "--max-new-tokens", "3", "--checkpoint")
+    # a checkpoint's weights are its own; its tokenizer is the run's
+    do(
+        (checkpoint if reader == "sample.py a checkpoint" and name != "tokenizer.json" else run)
+        / name
+    )
+    sample = ["sample.py", "--max-new-tokens", "3", "--checkpoint"]
     return {
-        "sample.py": (run, (*sample, str(run))),
-        "sample.py a checkpoint": (checkpoint, (*sample, str(checkpoint))),
-        "gpt.evaluate": (run, ("-m", "gpt.evaluate", str(run), "--split", "val")),
-        "gpt.export": (run, ("-m", "gpt.export", str(run), "--to", "hf", str(work / "hf"))),
-    }
+        "sample.py": [*sample, str(run)],
+        "sample.py a checkpoint": [*sample, str(checkpoint)],
+        "gpt.evaluate": ["-m", "gpt.evaluate", str(run), "--split", "val"],
+        "gpt.export": ["-m", "gpt.export", str(run), "--to", "hf", str(folder / "hf")],
+    }[reader]
 
 
-def untrusted_trials(campaign: Campaign, plan) -> dict:
+def untrusted_trials(campaign: Campaign, plan: Plan) -> dict:
     good = trained(campaign, campaign.folder("untrusted-good") / "run")
-    exported = good.parent / "hf"
-    result = python("-m", "gpt.export", str(good), "--to", "hf", str(exported))
-    if result.returncode != 0:
-        raise RuntimeError(f"the export failed: {result.stderr[-2000:]}")
-    damages = {"a flipped byte": flip_last_byte, "a swapped tokenizer": swap_two_tokens}
-
-    files = {"a flipped byte": "model.safetensors", "a swapped tokenizer": "tokenizer.json"}
+    exported = python("-m", "gpt.export", str(good), "--to", "hf", str(good.parent / "hf"))
+    if exported.returncode != 0:
+        raise RuntimeError(f"the export failed: {exported.stderr[-2000:]}")
     trials = []
-    for damage_name, damage in damages.items():
-        for reader in [*untrusted_cases(good, good), "train.init_from"]:
+    for damage, (_, _, named) in DAMAGES.items():
+        for reader in READERS:
             folder = campaign.folder(f"untrusted-{len(trials)}")
-            if reader == "train.init_from":
-                hf = Path(shutil.copytree(exported, folder / "hf"))
-                damage(hf / files[damage_name])
-                args = campaign.train(ONE, folder / "run", *SHORT, f"train.init_from={hf}")
-                args.append("model.bias=true")  # as the GPT-2 weights have it
-            else:
-                run = Path(shutil.copytree(good, folder / "run"))
-                trusted, args = untrusted_cases(run, folder)[reader]
-                target = trusted / files[damage_name]
-                if damage_name == "a swapped tokenizer" and trusted != run:
-                    target = run / files[damage_name]  # a checkpoint's tokenizer is the run's
-                damage(target)
-            problems = refusal_problems(python(*args), NAMED[damage_name])
-            if (folder / "hf").exists() and reader == "gpt.export":
+            args = damaged_reader(campaign, good, folder, damage, reader)
+            problems = refusal_problems(python(*args), named)
+            if reader == "gpt.export" and (folder / "hf").exists():
                 problems.append("the export wrote its folder")
-            trials.append(conclude(folder, problems, damage=damage_name, reader=reader))
-            say(reader, trials[-1], damage_name)
+            trials.append(conclude(folder, problems, damage=damage, reader=reader))
+            say(reader, trials[-1], damage)
     shutil.rmtree(good.parent)
     return tally(trials, "refused with one line; nothing written")
 
@@ -207,7 +217,7 @@ def untrusted_table(result: dict) -> str:
 # ----- read-only filesystems under every command that writes -------------------------------------
 
 
-def read_only_trials(campaign: Campaign, plan) -> dict:
+def read_only_trials(campaign: Campaign, plan: Plan) -> dict:
     work = campaign.folder("read-only")
     disk = work / "disk"
     disk.mkdir()
@@ -275,7 +285,7 @@ def killed_then_again(args: list[str], out: Path, seconds: float) -> tuple[str, 
     return landed, problems
 
 
-def kill_rerun_trials(campaign: Campaign, plan) -> dict:
+def kill_rerun_trials(campaign: Campaign, plan: Plan) -> dict:
     """Each command is timed uninterrupted once; its kills land at a random instant of that time."""
     seeds = random.Random(plan.seed)
     work = campaign.folder("kill-rerun")
