@@ -1,7 +1,7 @@
 """The fault-injection campaign: real faults in real training runs, and how many were survived.
 
     python -m bench.faults --trials 100        # the whole campaign (about 1.5 hours on 2 CPU cores)
-    python -m bench.faults --quick             # a few trials of the single-process faults
+    python -m bench.faults --quick             # a few trials of the single-process and folder faults
     python -m bench.faults --only kills-1 --replay checkpoint:1234   # one kill trial again
     python -m bench.faults --only peer-death   # measure one part again; the file keeps the others
 
