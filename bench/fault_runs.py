@@ -41,7 +41,7 @@ RUN = (
     "train.keep_checkpoints=3 train.wandb.mode=disabled train.cpu=true"
 ).split()
 GLOBAL_BATCH = 8
-TIMINGS = ("tokens_per_sec", "mfu")  # the metrics that differ between identical runs
+TIMINGS = ("tokens_per_sec", "mfu", "wall_seconds")  # the metrics that differ between identical runs
 POLL = 0.0005  # seconds between looks at a board
 
 
@@ -361,3 +361,29 @@ def reference_run(campaign: Campaign, setup: Setup) -> Reference:
     if codes != [0] * len(codes):
         raise RuntimeError(f"the reference run failed: {last_lines(started.output()[1], 20)}")
     return Reference(out, outcome(out), ended - began, time.monotonic() - ended)
+
+
+# ----- verdicts ----------------------------------------------------------------------------------
+
+
+def conclude(folder: Path, problems: list[str], **facts) -> dict:
+    """A trial's verdict; its folder is deleted if it survived, kept (with --work) if not."""
+    if not problems:
+        shutil.rmtree(folder)
+    return {**facts, "survived": not problems, "problems": problems}
+
+
+def say(label: str, trial: dict, what: str) -> None:
+    verdict = "survived" if trial["survived"] else f"FAILED: {trial['problems']}"
+    print(f"  {label}: {what}: {verdict}", flush=True)
+
+
+def tally(trials: list[dict], summary: str, **more) -> dict:
+    survived = sum(trial["survived"] for trial in trials)
+    return {
+        "survived": survived,
+        "total": len(trials),
+        "summary": summary,
+        **more,
+        "trials": trials,
+    }

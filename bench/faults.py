@@ -1,7 +1,7 @@
 """The fault-injection campaign: real faults in real training runs, and how many were survived.
 
     python -m bench.faults --trials 100        # the whole campaign (about 1.5 hours on 2 CPU cores)
-    python -m bench.faults --quick             # a few trials of the single-process faults
+    python -m bench.faults --quick             # a few trials of the single-process and folder faults
     python -m bench.faults --only kills-1 --replay checkpoint:1234   # one kill trial again
     python -m bench.faults --only peer-death   # measure one part again; the file keeps the others
 
@@ -33,6 +33,10 @@ uninterrupted run of the same configuration. The parts (``--only`` runs some of 
   written (slowed down); then the same command. (The evaluation that a stopped run does on its way
   out, off the schedule, is left out of the comparison.)
 * bad-inputs: the bad-input table of bench/bad_inputs.py, each case checked as tests/test_bad_inputs.py does.
+* two-runs, untrusted, read-only, kill-rerun: faults on folders and files (bench/folder_faults.py):
+  a second run on a folder in use, damaged weights and swapped tokenizers given to every reader,
+  a read-only filesystem under every command that writes, data_prep and export SIGKILLed and run
+  again.
 
 ``--trials`` is the number of kill trials of each configuration; the rarer faults get a tenth of it.
 """
@@ -72,6 +76,7 @@ from bench.fault_runs import (
     Campaign,
     Reference,
     Setup,
+    conclude,
     differences,
     environment,
     finish,
@@ -79,9 +84,21 @@ from bench.fault_runs import (
     last_lines,
     outcome,
     resumed_from,
+    say,
     start,
+    tally,
     unfinished_checkpoints,
     without_stop_evaluations,
+)
+from bench.folder_faults import (
+    kill_rerun_table,
+    kill_rerun_trials,
+    read_only_table,
+    read_only_trials,
+    two_runs_table,
+    two_runs_trials,
+    untrusted_table,
+    untrusted_trials,
 )
 from bench.injection import (
     can_mount_a_small_disk,
@@ -167,18 +184,6 @@ def kill_trial(
     return trial | conclude(folder, problems, resumed_from=resumed_from(again.stdout))
 
 
-def conclude(folder: Path, problems: list[str], **facts) -> dict:
-    """A trial's verdict; its folder is deleted if it survived, kept (with --work) if not."""
-    if not problems:
-        shutil.rmtree(folder)
-    return {**facts, "survived": not problems, "problems": problems}
-
-
-def say(label: str, trial: dict, what: str) -> None:
-    verdict = "survived" if trial["survived"] else f"FAILED: {trial['problems']}"
-    print(f"  {label}: {what}: {verdict}", flush=True)
-
-
 def kill_trials(campaign: Campaign, setup: Setup, count: int, plan: Plan) -> dict:
     reference = campaign.reference(setup)
     if plan.replay:
@@ -209,17 +214,6 @@ def kill_trials(campaign: Campaign, setup: Setup, count: int, plan: Plan) -> dic
 
 
 LANDINGS = (*PHASES, "ended before the kill")
-
-
-def tally(trials: list[dict], summary: str, **more) -> dict:
-    survived = sum(trial["survived"] for trial in trials)
-    return {
-        "survived": survived,
-        "total": len(trials),
-        "summary": summary,
-        **more,
-        "trials": trials,
-    }
 
 
 def kills_table(result: dict) -> str:
@@ -750,8 +744,21 @@ PARTS = {
     "peer-death": Part("one process of two dies", peer_death_trials, peer_death_table),
     "ctrl-c": Part("Ctrl-C twice", ctrl_c_trials, ctrl_c_table),
     "bad-inputs": Part("bad inputs (bench/bad_inputs.py)", bad_input_trials, bad_inputs_table),
+    "two-runs": Part("a second run on a folder in use", two_runs_trials, two_runs_table),
+    "untrusted": Part(
+        "damaged weights and swapped tokenizers, to every reader", untrusted_trials, untrusted_table
+    ),
+    "read-only": Part(
+        "a read-only filesystem, for every command that writes", read_only_trials, read_only_table
+    ),
+    "kill-rerun": Part(
+        "data_prep and export SIGKILLed, then the same command", kill_rerun_trials, kill_rerun_table
+    ),
 }
-QUICK_PARTS = ("kills-1", "damage-1", "full-disk", "wandb", "ctrl-c", "bad-inputs")
+QUICK_PARTS = (
+    "kills-1", "damage-1", "full-disk", "wandb", "ctrl-c", "bad-inputs",
+    "two-runs", "untrusted", "read-only", "kill-rerun",
+)  # fmt: skip
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -1,9 +1,11 @@
 """The faults that the campaign (``python -m bench.faults``) and the tests inject: damaged files,
-including a planted pickle whose unpickling would run code, and a real small disk. Here, outside
+including a planted pickle whose unpickling would run code, flipped bytes and swapped tokenizers,
+and real small or read-only filesystems. Here, outside
 ``tests/``, so that the campaign and the tests share them without importing each other."""
 
 from __future__ import annotations
 
+import json
 import random
 import shlex
 import shutil
@@ -65,3 +67,48 @@ def run_on_a_small_disk(
     return subprocess.run(
         ["unshare", "-rm", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True, **run
     )
+
+
+def flip_last_byte(path: Path) -> None:
+    """One flipped byte in the last tensor's data: the file still parses and loads."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def swap_two_tokens(tokenizer: Path) -> None:
+    """Another tokenizer of the same size: two characters trade their ids."""
+    content = json.loads(tokenizer.read_text(encoding="utf-8"))
+    vocab = content["model"]["vocab"]
+    vocab["a"], vocab["e"] = vocab["e"], vocab["a"]
+    tokenizer.write_text(json.dumps(content), encoding="utf-8")
+
+
+def run_with_mount(
+    mount: str, args: list[str], disk: Path, listing: Path, **run
+) -> subprocess.CompletedProcess:
+    """``python ARGS`` in a private mount namespace where ``mount`` (a shell command) has been
+    run; ``listing`` receives every path under ``disk`` afterwards (the mount ends with it)."""
+    script = (
+        f"{mount} && {shlex.join([sys.executable, *args])}; status=$?; "
+        f"find {shlex.quote(str(disk))} -mindepth 1 > {shlex.quote(str(listing))}; exit $status"
+    )
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **run,
+    )
+
+
+def read_only_tmpfs(disk: Path) -> str:
+    """The mount command of an empty read-only filesystem at ``disk``."""
+    return f"mount -t tmpfs -o ro,size=64k tmpfs {shlex.quote(str(disk))}"
+
+
+def read_only_bind(folder: Path) -> str:
+    """``folder`` itself made read-only (as a copy on a read-only share would be)."""
+    quoted = shlex.quote(str(folder))
+    return f"mount --bind {quoted} {quoted} && mount -o remount,bind,ro {quoted}"

@@ -22,6 +22,7 @@ from gpt.run.weights import describe_trained
 
 from .test_trainer import (
     ROOT,
+    SLOW_EVALUATIONS,
     accelerate_launch,
     assert_same_weights,
     final_weights,
@@ -32,7 +33,6 @@ from .test_trainer import (
 )
 
 SLOW_SAVES = str(ROOT / "tests" / "slow_saves.py")
-SLOW_EVALUATIONS = str(ROOT / "tests" / "slow_evaluations.py")
 ENDLESS = ["train.max_iters=100000", "train.eval_interval=100000", "train.log_interval=1000"]
 
 

@@ -11,10 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from bench.injection import (
+    can_mount_a_small_disk,
+    read_only_bind,
+    read_only_tmpfs,
+    run_with_mount,
+)
 from gpt.base.folder_lock import holder_path, lock_path
 
 from .conftest import CORPUS, ROOT, run_python
-from .test_faults import can_mount_a_small_disk
 from .test_trainer import accelerate_launch, free_port, train_args
 
 
@@ -26,34 +31,6 @@ def disk(tmp_path) -> Path:
     if not can_mount_a_small_disk(where):
         pytest.skip("cannot mount a tmpfs here (needs unshare and user namespaces)")
     return where
-
-
-def run_with_mount(
-    mount: str, args: list[str], disk: Path, listing: Path
-) -> subprocess.CompletedProcess:
-    """``python ARGS`` in a private mount namespace where ``mount`` (a shell command) has been
-    run; ``listing`` receives every path under ``disk`` afterwards (the mount ends with it)."""
-    script = (
-        f"{mount} && {shlex.join([sys.executable, *args])}; status=$?; "
-        f"find {shlex.quote(str(disk))} -mindepth 1 > {shlex.quote(str(listing))}; exit $status"
-    )
-    return subprocess.run(
-        ["unshare", "-rm", "sh", "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def read_only_tmpfs(disk: Path) -> str:
-    return f"mount -t tmpfs -o ro,size=64k tmpfs {shlex.quote(str(disk))}"
-
-
-def read_only_bind(folder: Path) -> str:
-    """``folder`` itself made read-only (as a copy on a read-only share would be)."""
-    quoted = shlex.quote(str(folder))
-    return f"mount --bind {quoted} {quoted} && mount -o remount,bind,ro {quoted}"
 
 
 def one_line(result: subprocess.CompletedProcess, *fragments: str) -> str:

@@ -2,7 +2,6 @@
 tokenizer.json that is not the one the weights were trained with (gpt/integrity.py). A damaged
 exported folder given to train.init_from is among tests/test_finetune.py's damaged folders."""
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 import safetensors
 from safetensors.torch import load_file, save_file
 
+from bench.injection import flip_last_byte, swap_two_tokens
 from gpt.run.folder import list_checkpoints
 
 from .conftest import run_python
@@ -32,21 +32,6 @@ def run(shakespeare_char, tmp_path_factory) -> Path:
 @pytest.fixture
 def copy(run, tmp_path) -> Path:
     return Path(shutil.copytree(run, tmp_path / "run"))
-
-
-def flip_last_byte(path: Path) -> None:
-    """One flipped byte in the last tensor's data: the file still parses and loads."""
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
-def swap_two_tokens(tokenizer: Path) -> None:
-    """Another tokenizer of the same size: two characters trade their ids."""
-    content = json.loads(tokenizer.read_text(encoding="utf-8"))
-    vocab = content["model"]["vocab"]
-    vocab["a"], vocab["e"] = vocab["e"], vocab["a"]
-    tokenizer.write_text(json.dumps(content), encoding="utf-8")
 
 
 def refused(result: subprocess.CompletedProcess, *fragments: str) -> None:

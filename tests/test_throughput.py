@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from gpt.base.cli import run_cli
 from gpt.training.throughput import gpu_peak_flops, peak_flops, tf32_enabled, use_tf32
 from tests.conftest import run_python
 from tests.test_trainer import train_args
@@ -85,3 +86,27 @@ def test_the_trainer_sets_tf32_as_configured(shakespeare_char, tmp_path, setting
     result = run_python("-c", script, config, *overrides, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [expected, expected]
+
+
+class MatmulBeforeTorch29:
+    """``torch.backends.cuda.matmul`` as torch 2.8 and earlier have it: no ``fp32_precision``."""
+
+    def __getattr__(self, name):
+        raise AttributeError("Unknown attribute " + name)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Unknown attribute " + name)
+
+
+@pytest.mark.parametrize("call", [lambda: use_tf32(True), tf32_enabled])
+def test_a_torch_without_the_fp32_precision_api_gets_one_line_naming_the_floor(
+    call, monkeypatch, capsys
+):
+    monkeypatch.setattr(torch.backends.cuda, "matmul", MatmulBeforeTorch29())
+    assert run_cli(lambda argv: call(), []) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"error: torch {torch.__version__} is too old: this project needs torch>=2.9 (its "
+        "fp32_precision TF32 settings and torch.optim.Muon); run `pip install 'torch>=2.9'` "
+        "(or `make setup`)"
+    )

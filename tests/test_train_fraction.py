@@ -47,7 +47,7 @@ def test_validation_stays_whole(marked_data):
     whole = TokenData(marked_data, block_size=32)
     assert len(limited.splits["val"].tokens) == len(whole.splits["val"].tokens)
     part = BatchSlice(8, 0, 8)
-    assert np.array_equal(limited.eval_batch("val", 1, 0, part)[0], whole.eval_batch("val", 1, 0, part)[0])  # fmt: skip
+    assert np.array_equal(limited.eval_batch("val", 1, part)[0], whole.eval_batch("val", 1, part)[0])  # fmt: skip
 
 
 def test_a_fraction_too_small_for_one_window_names_the_key(marked_data):

@@ -16,12 +16,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from bench.fault_runs import free_port
+from gpt.analysis.runs import load_run
 from gpt.base.config import ModelConfig, TrainConfig
 from gpt.data.tokens import BatchSlice, TokenData
 from gpt.run.weights import load_model
 from gpt.training.schedule import learning_rate
 
 from .conftest import CORPUS, ROOT, run_python
+
+SLOW_EVALUATIONS = str(ROOT / "tests" / "slow_evaluations.py")
 
 TINY = [
     "model.n_layer=2",
@@ -115,8 +118,19 @@ def test_batches_are_a_pure_function_of_seed_step_and_position(shakespeare_char)
     assert torch.equal(whole[1][:, :-1], whole[0][:, 1:])  # targets are the inputs shifted by one
     assert not torch.equal(whole[0], data.train_batch(1, 8, BatchSlice(8, 0, 8))[0])
     assert not torch.equal(whole[0], data.train_batch(2, 7, BatchSlice(8, 0, 8))[0])
-    val = data.eval_batch("val", 1, 0, BatchSlice(8, 0, 8))
-    assert torch.equal(val[0], data.eval_batch("val", 1, 0, BatchSlice(8, 0, 8))[0])
+    val = data.eval_batch("val", 1, BatchSlice(8, 0, 8))
+    assert torch.equal(val[0], data.eval_batch("val", 1, BatchSlice(8, 0, 8))[0])
+
+
+def test_evaluation_slices_partition_the_evaluation_windows():
+    """eval_iters=3 batches of 4 on each of 2 processes: 24 windows, each read once."""
+    seen = []
+    for rank in range(2):
+        for index in range(3):
+            part = BatchSlice.for_evaluation(4, 3, 2, rank, index)
+            assert part.global_size == 24
+            seen += range(part.start, part.start + part.size)
+    assert sorted(seen) == list(range(24))
 
 
 # ----- training runs -----------------------------------------------------------------------------
@@ -200,6 +214,7 @@ def test_the_same_global_batch_trains_the_same_model_however_it_is_split(
                 *EQUIVALENCE,
                 "train.batch_size=4",
                 "train.gradient_accumulation_steps=2",
+                "train.eval_iters=8",  # 8 x 4 windows: the 32 that the other runs evaluate
             )
         ),
         run_python(
@@ -238,6 +253,43 @@ def test_the_same_global_batch_trains_the_same_model_however_it_is_split(
         assert read_metrics(other)[-1]["val_loss"] == pytest.approx(
             read_metrics(reference)[-1]["val_loss"], abs=1e-5
         )
+
+
+def test_an_evaluation_reads_eval_iters_batches_of_each_split_whatever_the_accumulation(
+    shakespeare_char, tmp_path
+):
+    """eval_iters=3 with 4 micro-steps a step: 3 batches (forward passes) a split, not 12."""
+    log = tmp_path / "evaluation_batches"
+    result = run_python(
+        SLOW_EVALUATIONS, "0", str(log),
+        *train_args(shakespeare_char, tmp_path / "run", "train.max_iters=1", "train.eval_iters=3",
+                    "train.gradient_accumulation_steps=4"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluations = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "eval"]
+    assert len(evaluations) == 2  # at step 0 and at the end
+    assert len(log.read_text().splitlines()) == 2 * 2 * 3  # evaluations x splits x eval_iters
+
+
+def test_a_slow_evaluation_counts_in_wall_time_but_not_in_the_next_records_tokens_per_sec(
+    shakespeare_char, tmp_path
+):
+    """Every evaluation batch sleeps 0.25 s: the evaluation at step 5 takes at least 1 s, which
+    the train record at step 10 counts in its wall_seconds and not in its tokens/s."""
+    out, sleep = tmp_path / "run", 0.25
+    result = run_python(
+        SLOW_EVALUATIONS, str(sleep), str(tmp_path / "evaluation_batches"),
+        *train_args(shakespeare_char, out, "train.max_iters=10", "train.eval_interval=5",
+                    "train.log_interval=5", "train.eval_iters=2"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = 2 * 2 * sleep  # splits x eval_iters x the sleep of each batch
+    tokens_per_step = json.loads((out / "run.json").read_text())["tokens_per_step"]
+    after = next(r for r in read_metrics(out) if r["kind"] == "train" and r["step"] == 10)
+    training = tokens_per_step * 5 / after["tokens_per_sec"]  # the seconds its tokens/s is over
+    assert training + evaluation <= after["wall_seconds"]
+    run = load_run(out, "run")
+    assert run.training_seconds_at_records()[-1] + evaluation <= run.wall_seconds
 
 
 @pytest.mark.slow
@@ -646,9 +698,9 @@ def test_early_stopping_keeps_the_best_val_weights(overfitting_data, tmp_path):
 
     model = load_model(out / "model.safetensors")
     data = TokenData(overfitting_data, block_size=32)
-    part = BatchSlice.for_micro_step(8, 1, 1, 0, 0)
+    parts = [BatchSlice.for_evaluation(8, 4, 1, 0, index) for index in range(4)]
     with torch.no_grad():
-        losses = [model(*data.eval_batch("val", 1337, i, part))[1] for i in range(4)]
+        losses = [model(*data.eval_batch("val", 1337, part))[1] for part in parts]
     assert torch.stack(losses).mean().item() == pytest.approx(evals[best]["val_loss"], abs=1e-4)
 
 

@@ -254,16 +254,9 @@ def plot_train_curves(ax, runs: list[Measured], x_axis: str = "step"):
 
 
 def training_seconds(m: Measured) -> list[float]:
-    """The training loop's seconds at each train record, from the records' tokens/s (the same
-    reckoning as gpt.report's wall time: evaluations and checkpoints excluded)."""
-    seconds, previous, elapsed = 0.0, 0, []
-    for record in m.run.train:
-        seconds += (
-            (m.run.tokens_per_step or 0) * (record["step"] - previous) / record["tokens_per_sec"]
-        )
-        previous = record["step"]
-        elapsed.append(seconds)
-    return elapsed
+    """The training time at each train record: the steps' own, evaluations and checkpoints
+    excluded (defined in :mod:`gpt.analysis.runs`)."""
+    return m.run.training_seconds_at_records()
 
 
 # ----- 5. initialisation --------------------------------------------------------------------------

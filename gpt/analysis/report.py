@@ -1,7 +1,7 @@
 """A report of one or more runs: PNG figures and a ``report.md`` that shows them under a summary
 table (``python -m gpt.report``; the train command writes each run's own with
-:func:`write_run_report`). What it reads of a run, and the definitions of tokens seen, wall time
-and the generalisation gap, are in :mod:`gpt.analysis.runs`; the figures in
+:func:`write_run_report`). What it reads of a run, and the definitions of tokens seen, training
+and wall time and the generalisation gap, are in :mod:`gpt.analysis.runs`; the figures in
 :mod:`gpt.analysis.figures`.
 """
 
@@ -74,7 +74,8 @@ def report_markdown(runs: list[Run]) -> str:
         "per byte score every token of the test split with those weights: "
         "`python -m gpt.evaluate RUN_DIR --json` (then `python -m gpt.report RUN_DIR` again); "
         "- where that has not been run. Wall time is the training loop's, from its first step to "
-        "its end, evaluations and checkpoints included.",
+        "its last train record, evaluations and checkpoints included; tokens/s and MFU are over "
+        "the steps' own time.",
     ]
     notes = [
         f"`{run.name}` has no run.json: its tokens per step assume one process."

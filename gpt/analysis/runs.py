@@ -7,10 +7,15 @@ definitions every report and lesson shares.
 * **tokens seen** after a step: step x tokens per step, where a step takes ``batch_size x
   gradient_accumulation_steps x processes x block_size`` tokens. Runs without ``run.json`` (made
   before the trainer wrote one) are counted as one process, and the report says so.
-* **wall time**: the training loop's time after the first evaluation, evaluations and checkpoints
-  included, start-up excluded. Each train record covers the steps since the one before it at its
-  tokens/s, so the time is the sum over the records of tokens per step x steps / tokens per second.
-  It needs no clock in the files, and counts a resumed run's sessions once each.
+* **training time**: the steps' own time, evaluations, checkpoints and start-up excluded; the
+  trainer measures tokens/s and MFU over it (:mod:`gpt.training.pace`). Each train record covers
+  the steps since the one before it at its tokens/s, so the training time at a record is the sum
+  up to it of tokens per step x steps / tokens per second.
+* **wall time**: the training loop's time, evaluations and checkpoints included, start-up and the
+  first evaluation excluded, up to the last train record: the sum of the records' ``wall_seconds``
+  (the wall clock since the record before). It counts a resumed run's sessions once each. Records
+  written before ``wall_seconds`` existed measured tokens/s over the wall clock, so for them the
+  training time's reckoning is the wall time.
 * **generalisation gap**: val loss - train loss at each evaluation (both the evaluation's estimates
   on held-out windows of each split, so they are comparable). It **starts to grow** at the first
   evaluation of the final stretch over which it rises at every evaluation by more than
@@ -78,14 +83,28 @@ class Run:
     def tokens_seen(self) -> int | None:
         return None if self.tokens_per_step is None else self.last_step * self.tokens_per_step
 
+    def training_seconds_at_records(self) -> list[float]:
+        """The training time at each train record (see the module docstring)."""
+        seconds, previous, at_records = 0.0, 0, []
+        for record in self.train:
+            seconds += (
+                (self.tokens_per_step or 0) * (record["step"] - previous) / record["tokens_per_sec"]
+            )
+            previous = record["step"]
+            at_records.append(seconds)
+        return at_records
+
     @property
     def wall_seconds(self) -> float | None:
-        """The training loop's time, from the train records (see the module docstring)."""
+        """The wall time, from the train records (see the module docstring)."""
         if self.tokens_per_step is None or not self.train:
             return None
         seconds, previous = 0.0, 0
         for record in self.train:
-            seconds += self.tokens_per_step * (record["step"] - previous) / record["tokens_per_sec"]
+            steps = record["step"] - previous
+            seconds += record.get(
+                "wall_seconds", self.tokens_per_step * steps / record["tokens_per_sec"]
+            )
             previous = record["step"]
         return seconds
 

@@ -225,7 +225,11 @@ class TrainConfig(Section):
     )
     grad_clip: float = Field(1.0, ge=0.0, description="max global gradient norm (0: off)")
     eval_interval: PositiveInt = Field(250, description="steps between evaluations")
-    eval_iters: PositiveInt = Field(20, description="batches per split per evaluation")
+    eval_iters: PositiveInt = Field(
+        20,
+        description="batches of batch_size windows of each split that every process evaluates "
+        "(eval_iters x batch_size x processes windows in all; accumulation plays no part)",
+    )
     log_interval: PositiveInt = Field(
         10, description="steps between train records in metrics.jsonl"
     )

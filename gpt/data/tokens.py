@@ -43,6 +43,17 @@ class BatchSlice:
         start = (rank * accumulation + micro_step) * batch_size
         return cls(global_size, start, batch_size)
 
+    @classmethod
+    def for_evaluation(
+        cls, batch_size: int, eval_iters: int, num_processes: int, rank: int, index: int
+    ) -> BatchSlice:
+        """The ``index``-th of a process's ``eval_iters`` evaluation batches: an evaluation reads
+        ``eval_iters x batch_size x num_processes`` windows of a split, one batch at a time on
+        every process, whatever the gradient accumulation."""
+        global_size = eval_iters * batch_size * num_processes
+        start = (index * num_processes + rank) * batch_size
+        return cls(global_size, start, batch_size)
+
 
 class TokenStream:
     """One split (``train`` or ``val``) as a read-only memory map of token ids.
@@ -120,9 +131,10 @@ class TokenData:
         """The whole training split, as ``train.full_batch`` trains on it every step."""
         return self.splits["train"].every_window()
 
-    def eval_batch(self, split: str, seed: int, index: int, part: BatchSlice):
-        """The ``index``-th evaluation batch: the same windows at every evaluation."""
-        return self.splits[split].batch(seed, _EVAL_STREAM + index, part)
+    def eval_batch(self, split: str, seed: int, part: BatchSlice):
+        """The ``part`` of the evaluation windows (:meth:`BatchSlice.for_evaluation`): the same
+        windows at every evaluation, and in every run that reads as many of them."""
+        return self.splits[split].batch(seed, _EVAL_STREAM, part)
 
 
 def read_meta(directory: Path) -> dict:

@@ -11,6 +11,9 @@ matrix products, and so on the precision:
 The peaks of known GPUs come from their data sheets (dense, without sparsity): :func:`gpu_peak_flops`
 is a pure function of the device name, precision and TF32 setting. The peak of anything else (a
 CPU, an unknown GPU) is measured with a large matrix product, the best case for that device.
+
+The TF32 settings are torch's ``fp32_precision`` API, new in torch 2.9 (with ``torch.optim.Muon``,
+the reason for the floor in pyproject.toml); an older torch gets one line saying so.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ import time
 from dataclasses import dataclass
 
 import torch
+
+from gpt.base.errors import UserError
+
+TORCH_FLOOR = "2.9"  # the fp32_precision API and torch.optim.Muon; pyproject.toml asks for it
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ def use_tf32(enabled: bool) -> None:
     products several times faster, at a precision that training does not notice. The settings are
     process-wide and can be made without a GPU.
     """
+    _require_fp32_precision_api()
     precision = "tf32" if enabled else "ieee"
     torch.backends.cuda.matmul.fp32_precision = precision
     torch.backends.cudnn.conv.fp32_precision = precision
@@ -81,10 +89,21 @@ def use_tf32(enabled: bool) -> None:
 
 def tf32_enabled() -> bool:
     """Whether fp32 matrix products on CUDA run as TF32 (``none`` inherits the global setting)."""
+    _require_fp32_precision_api()
     precision = torch.backends.cuda.matmul.fp32_precision
     if precision == "none":
         precision = torch.backends.fp32_precision
     return precision == "tf32"
+
+
+def _require_fp32_precision_api() -> None:
+    """One line instead of an AttributeError on a torch older than the API (before 2.9)."""
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        raise UserError(
+            f"torch {torch.__version__} is too old: this project needs torch>={TORCH_FLOOR} (its "
+            f"fp32_precision TF32 settings and torch.optim.Muon); run "
+            f"`pip install 'torch>={TORCH_FLOOR}'` (or `make setup`)"
+        )
 
 
 def measure_matmul_flops(device: torch.device, size: int = 1024, seconds: float = 0.3) -> float:

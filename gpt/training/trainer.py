@@ -36,7 +36,6 @@ import math
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -80,6 +79,7 @@ from gpt.training.checkpoint import (
 from gpt.training.console import Console, RunFacts, end_of_run, startup_block
 from gpt.training.launch import runs_on_cpu
 from gpt.training.optim import build_optimizer, set_learning_rate
+from gpt.training.pace import Interval, Pace
 from gpt.training.resume import resume
 from gpt.training.schedule import learning_rate
 from gpt.training.throughput import peak_flops, tf32_enabled, use_tf32
@@ -292,10 +292,11 @@ class Trainer:
     def _loop(self) -> None:
         train = self.config.train
         self.console.start_progress(train.max_iters, self.state.step)
-        self._interval_start, self._interval_steps = time.perf_counter(), 0
+        self.pace = Pace()
         try:
             while self.state.step < train.max_iters and not self.state.stopped_early:
-                loss, grad_norm, stop_requested = self._train_step(self.state.step)
+                with self.pace.step():
+                    loss, grad_norm, stop_requested = self._train_step(self.state.step)
                 if not math.isfinite(loss):
                     raise self._diverged(f"the loss became {loss}", self.state.step + 1)
                 if not math.isfinite(grad_norm) and not self._scaler_skips_overflows:
@@ -315,15 +316,12 @@ class Trainer:
         """Log, evaluate and checkpoint on their intervals, and always at the end; a run that is
         stopping (every process agrees that it is) evaluates and checkpoints too."""
         train, step = self.config.train, self.state.step
-        self._interval_steps += 1
         finished = step == train.max_iters
         if step % train.log_interval == 0 or finished:
-            elapsed = time.perf_counter() - self._interval_start
-            tokens_per_sec = self._tokens_per_step() * self._interval_steps / elapsed
+            interval = self.pace.lap()  # evaluations and checkpoints count in its wall time only
             lr = learning_rate(step - 1, train)  # the rate the step just taken used
-            self._log_train(step, loss, lr, grad_norm, tokens_per_sec)
-            self.console.log_step(step, loss, lr, tokens_per_sec)
-            self._interval_start, self._interval_steps = time.perf_counter(), 0
+            self._log_train(step, loss, lr, grad_norm, interval)
+            self.console.log_step(step, loss, lr, self._tokens_per_sec(interval))
         scheduled = step % train.eval_interval == 0 or finished
         if scheduled or stop:
             self._evaluate(scheduled)
@@ -455,24 +453,31 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self, scheduled: bool = True) -> None:
-        """Mean loss over ``eval_iters`` fixed global batches of each split.
+        """Mean loss over ``eval_iters`` batches of ``batch_size`` windows of each split on every
+        process (nanoGPT's meaning; gradient accumulation plays no part).
 
-        An evaluation batch is a global batch like a training one, split over processes and
-        micro-steps the same way, so the loss is over the same windows however a run is split.
-        ``scheduled``: one of the ``eval_interval`` evaluations (see :meth:`_record_evaluation`).
+        The windows are fixed (:meth:`BatchSlice.for_evaluation`), so runs that evaluate as many
+        of them (``eval_iters x batch_size x processes``) evaluate the same ones however they are
+        split. ``scheduled``: one of the ``eval_interval`` evaluations (see
+        :meth:`_record_evaluation`).
         """
-        train = self.config.train
+        train, accelerator = self.config.train, self.accelerator
         self.model.eval()
         losses = {}
         for split in ("train", "val"):
             total = torch.zeros((), device=self.device)
             for index in range(train.eval_iters):
-                for micro_step in range(train.gradient_accumulation_steps):
-                    part = self._batch_slice(micro_step)
-                    batch = self.data.eval_batch(split, train.seed, index, part)
-                    total += self.forward(*self._to_device(batch))[1].float()
-            mean = total / (train.eval_iters * train.gradient_accumulation_steps)
-            losses[split] = self.accelerator.reduce(mean, reduction="mean").item()
+                part = BatchSlice.for_evaluation(
+                    train.batch_size,
+                    train.eval_iters,
+                    accelerator.num_processes,
+                    accelerator.process_index,
+                    index,
+                )
+                batch = self.data.eval_batch(split, train.seed, part)
+                total += self.forward(*self._to_device(batch))[1].float()
+            mean = total / train.eval_iters
+            losses[split] = accelerator.reduce(mean, reduction="mean").item()
         self.model.train()
         self._record_evaluation(losses["train"], losses["val"], scheduled)
 
@@ -632,8 +637,11 @@ class Trainer:
     # ----- metrics -------------------------------------------------------------------------------
 
     def _log_train(
-        self, step: int, loss: float, lr: float, grad_norm: float, tokens_per_sec: float
+        self, step: int, loss: float, lr: float, grad_norm: float, interval: Interval
     ) -> None:
+        """A train record: tokens/s and MFU over the steps' own time, and the wall time since
+        the previous record apart (:mod:`gpt.training.pace`)."""
+        tokens_per_sec = self._tokens_per_sec(interval)
         record = {
             "step": step,
             "kind": "train",
@@ -642,10 +650,14 @@ class Trainer:
             "grad_norm": grad_norm,
             "tokens_per_sec": tokens_per_sec,
             "mfu": self._mfu(tokens_per_sec),
+            "wall_seconds": interval.wall_seconds,
         }
         self._write_metrics(record)
         values = {f"train/{k}": v for k, v in record.items() if k not in ("step", "kind")}
         self.tracking.log(values, step)
+
+    def _tokens_per_sec(self, interval: Interval) -> float:
+        return self._tokens_per_step() * interval.steps / interval.training_seconds
 
     def _mfu(self, tokens_per_sec: float) -> float:
         achieved = self.flops_per_token * tokens_per_sec
