@@ -41,7 +41,11 @@ RUN = (
     "train.keep_checkpoints=3 train.wandb.mode=disabled train.cpu=true"
 ).split()
 GLOBAL_BATCH = 8
-TIMINGS = ("tokens_per_sec", "mfu", "wall_seconds")  # the metrics that differ between identical runs
+TIMINGS = (
+    "tokens_per_sec",
+    "mfu",
+    "wall_seconds",
+)  # the metrics that differ between identical runs
 POLL = 0.0005  # seconds between looks at a board
 
 
