@@ -48,8 +48,9 @@ demo: setup
 	$(BIN)/python -m gpt.report $(DEMO_OUT)
 
 # The suite on every core (pytest-xdist); tests/conftest.py gives each worker its own ports and folders.
+# worksteal: a worker that runs out of tests takes some of the other's, so no long test ends alone.
 test: setup
-	$(TEST_ENV) $(BIN)/python -m pytest -q -n auto
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n auto --dist worksteal
 
 bench: setup
 	$(BIN)/python -m bench.run_all

@@ -25,6 +25,14 @@ def wait_for_a_checkpoint(process: subprocess.Popen, out: Path) -> None:
         time.sleep(0.05)
 
 
+def wait_for_a_new_record(process: subprocess.Popen, out: Path, records: int) -> None:
+    """Wait until ``out/metrics.jsonl`` holds more than ``records`` lines, the process alive."""
+    deadline = time.monotonic() + 120
+    while len((out / "metrics.jsonl").read_text().splitlines()) <= records:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def the_error_line(result: subprocess.CompletedProcess) -> str:
     """The one line a refused command prints (exit code 2, nothing on stdout)."""
     assert result.returncode == 2, result.stderr
@@ -46,6 +54,9 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_a_killed_holder_is_taken
     )
     try:
         wait_for_a_checkpoint(first, out)
+        # Paused, the holder still holds its lock (the kernel's flock, by a live process) but no
+        # longer trains on a core that the refused commands need.
+        first.send_signal(signal.SIGSTOP)
         holder = f"train.py (pid {first.pid} on {socket.gethostname()}, since "
         for setting in ("auto", "never"):  # never would move the running run's files aside
             second = run_python(*train_args(shakespeare_char, out, f"train.resume={setting}"))
@@ -53,7 +64,9 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_a_killed_holder_is_taken
             assert f"error: {out} is in use by {holder}" in line
             assert line.endswith("wait for it to end (or stop it), or choose another train.out_dir")
         assert not (out / "earlier_runs").exists()
-        assert first.poll() is None  # the first run goes on
+        first.send_signal(signal.SIGCONT)
+        before = len((out / "metrics.jsonl").read_text().splitlines())
+        wait_for_a_new_record(first, out, before)  # the first run goes on
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()

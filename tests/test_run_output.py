@@ -194,8 +194,8 @@ def test_sampling_right_after_the_first_evaluation_says_it_uses_the_step_0_weigh
         wait_for(lambda: (out / "metrics.jsonl").exists(), process)
         code = run_cli(sample_main, ["--checkpoint", str(out), "--max-new-tokens", "5"])
         _, err = capsys.readouterr()
-    finally:
-        process.send_signal(signal.SIGTERM)
+    finally:  # killed: a stop would save, evaluate and report for nothing
+        process.send_signal(signal.SIGKILL)
         process.wait(timeout=120)
     assert code == 0, err
     (first,) = read_metrics(out)[:1]

@@ -4,7 +4,6 @@ analysis shares."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from gpt.analysis.runs import Run
@@ -213,9 +212,11 @@ def throughput_figure(runs: list[Run]):
 def save_png(figure, path: Path) -> None:
     """Write ``figure`` as a PNG of at most 256 colours: a third of the size of matplotlib's
     full-colour file and the same to the eye, for plots of a few flat colours."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image  # matplotlib's own image library
 
-    rendered = io.BytesIO()
-    figure.savefig(rendered, format="png")
-    with Image.open(rendered) as image:
-        image.convert("RGB").quantize(colors=256).save(path, format="PNG", optimize=True)
+    # the Agg canvas's pixels as they are: what savefig would encode as a PNG, for PIL to decode
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    image = Image.frombuffer("RGBA", canvas.get_width_height(physical=True), canvas.buffer_rgba())
+    image.convert("RGB").quantize(colors=256).save(path, format="PNG", optimize=True)

@@ -46,7 +46,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
-from torch.distributed.tensor import DTensor
 
 from gpt.base.config import Config, fit_warmup_to_run
 from gpt.base.errors import UserError, one_line
@@ -725,5 +724,9 @@ def train(config: Config, after_run: Callable[[Path], None] | None = None) -> Tr
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """This process's shard of a parameter that FSDP shards, else the parameter itself."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    """This process's shard of a parameter that FSDP shards, else the parameter itself.
+
+    DTensor's module costs half a second to import (it pulls in sympy), and a parameter can only
+    be a DTensor once FSDP has imported that module: every other run is spared the import."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return tensor.to_local() if dtensor and isinstance(tensor, dtensor.DTensor) else tensor
