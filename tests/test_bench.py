@@ -131,11 +131,18 @@ def test_the_campaigns_folder_faults_in_short_are_all_survived(tmp_path, monkeyp
     )
 
 
-def test_the_gpu_benchmark_runs_its_quick_form_on_the_cpu(tmp_path, monkeypatch):
+def test_the_gpu_benchmark_runs_its_quick_form_on_the_cpu(
+    tmp_path, monkeypatch, fresh_accelerate_state
+):
     """``python -m bench.gpu --quick``: both configs' kinds trained and sampled through the same
     code as on a GPU (tiny shapes, bf16 autocast, eager); only figures of the right kind are
     checked, never a speed."""
+    from accelerate.state import AcceleratorState
+
     from bench import gpu
+
+    # it trains in bf16 in this process: forget the precision an earlier test here trained in
+    AcceleratorState._reset_state(reset_partial_state=True)
 
     monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
     with contextlib.redirect_stdout(io.StringIO()) as printed:
