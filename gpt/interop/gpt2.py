@@ -209,16 +209,7 @@ class GPT2Folder:
             expected = _gpt2_names(model.config.n_layer)
             missing = [theirs for theirs in expected.values() if theirs not in stored]
             unexpected = sorted(stored.keys() - set(expected.values()) - {"lm_head.weight"})
-            if missing or unexpected:
-                differences = [
-                    f"{label}: {_abbreviated(names)}"
-                    for label, names in (("missing", missing), ("unexpected", unexpected))
-                    if names
-                ]
-                raise UserError(
-                    f"the weights in {self.path} do not match its {CONFIG_FILE} "
-                    f"({'; '.join(differences)}); download the folder again"
-                )
+            check_weight_names(self.path, missing, unexpected)
             for ours, theirs in expected.items():
                 target, tensor = parameters[ours], stored[theirs]()
                 shape = _gpt2_shape(theirs, target, self.n_positions)
@@ -526,6 +517,22 @@ def _shown(value: Any) -> str:
 def _either(names: list[str]) -> str:
     """'a', 'a or b', 'a, b or c'."""
     return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
+
+
+def check_weight_names(path: Path, missing: list[str], unexpected: list[str]) -> None:
+    """Refuse a model folder whose weights file lacks tensors its config.json needs, or holds
+    others (one line naming a few of each)."""
+    if not missing and not unexpected:
+        return
+    differences = [
+        f"{label}: {_abbreviated(names)}"
+        for label, names in (("missing", missing), ("unexpected", unexpected))
+        if names
+    ]
+    raise UserError(
+        f"the weights in {path} do not match its {CONFIG_FILE} "
+        f"({'; '.join(differences)}); download the folder again"
+    )
 
 
 def _abbreviated(names: list[str]) -> str:

@@ -39,8 +39,8 @@ from gpt.data.tokenizer import Tokenizer
 from gpt.interop.gpt2 import (
     CONFIG_FILE,
     GPT2Folder,
-    _abbreviated,
     _open_weights,
+    check_weight_names,
     read_hf_config,
     write_hf_folder,
 )
@@ -136,16 +136,7 @@ class LlamaFolder(GPT2Folder):
             missing = [name for name in theirs_all if name not in stored]
             extra = {"lm_head.weight"} if config.tie_embeddings else set()
             unexpected = sorted(stored.keys() - set(theirs_all) - extra)
-            if missing or unexpected:
-                differences = [
-                    f"{label}: {_abbreviated(names)}"
-                    for label, names in (("missing", missing), ("unexpected", unexpected))
-                    if names
-                ]
-                raise UserError(
-                    f"the weights in {self.path} do not match its {CONFIG_FILE} "
-                    f"({'; '.join(differences)}); download the folder again"
-                )
+            check_weight_names(self.path, missing, unexpected)
             for ours, names in expected.items():
                 target = parameters[ours]
                 for name, part in zip(names, _parts(ours, target, config), strict=True):
