@@ -532,15 +532,24 @@ def launch_environments(
 
 
 def run(args: tuple[str, ...], env: dict[str, str]) -> subprocess.CompletedProcess:
-    base = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
+    """``python ARGS`` in the repository with ``env`` added to :func:`command_environment`."""
     return subprocess.run(
         [sys.executable, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
-        env={**base, **env},
+        env=command_environment(env),
     )
+
+
+def command_environment(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment, one thread per command and a quiet W&B, then ``env``."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true", **env}
+
+
+# runs ``python ARGS`` in the repository with the whole environment given, like :func:`run`
+Runner = Callable[[tuple[str, ...], dict[str, str]], subprocess.CompletedProcess]
 
 
 def snapshot(*folders: Path) -> dict[str, str]:
@@ -554,10 +563,15 @@ def snapshot(*folders: Path) -> dict[str, str]:
 
 
 def refusal_problems(
-    case: Case, folders: dict[str, Path], launch_environment: LaunchEnvironment, work: Path
+    case: Case,
+    folders: dict[str, Path],
+    launch_environment: LaunchEnvironment,
+    work: Path,
+    runner: Runner = run,
 ) -> list[str]:
     """Run ``case`` with ``work`` as its fresh work folder; what is wrong with how it was refused
-    (nothing, if it was refused as it must be). tests/test_bad_inputs.py and bench/faults.py run the table this way."""
+    (nothing, if it was refused as it must be). tests/test_bad_inputs.py and bench/faults.py run the
+    table this way (the tests with a runner that starts commands faster)."""
     work.mkdir()
     if case.damage is not None:
         case.damage(work, folders["data"], folders["out"])
@@ -570,7 +584,7 @@ def refusal_problems(
     watched = (work, folders["data"], folders["out"])
     before = snapshot(*watched)
 
-    result = run(args, env)
+    result = runner(args, command_environment(env))
 
     problems = []
     if result.returncode != 2:

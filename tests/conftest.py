@@ -1,13 +1,13 @@
 """Shared fixtures: offline hubs, the bundled corpus, and small prepared data folders."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+
+from tests.warm_python import WARM
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data" / "tinyshakespeare.txt"
@@ -37,15 +37,11 @@ def own_caches(tmp_path_factory):
 
 
 def run_python(*args: str, cwd: Path = ROOT, timeout: float = 300, env: dict | None = None):
-    """Run ``python ARGS`` like a user would; returns the CompletedProcess (text mode)."""
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+    """Run ``python ARGS`` like a user would; returns the CompletedProcess (text mode).
+
+    The command runs in a fork of this test process's warm interpreter (tests/warm_python.py),
+    which has imported torch already, or in a fresh interpreter where a fork cannot stand in."""
+    return WARM.run(list(args), cwd, {**os.environ, **(env or {})}, timeout)
 
 
 @pytest.fixture(scope="session")
