@@ -7,7 +7,7 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
-from tests.warm_python import WARM
+from tests.warm_python import WARM, Process
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data" / "tinyshakespeare.txt"
@@ -42,6 +42,16 @@ def run_python(*args: str, cwd: Path = ROOT, timeout: float = 300, env: dict | N
     The command runs in a fork of this test process's warm interpreter (tests/warm_python.py),
     which has imported torch already, or in a fresh interpreter where a fork cannot stand in."""
     return WARM.run(list(args), cwd, {**os.environ, **(env or {})}, timeout)
+
+
+def start_python(
+    *args: str, cwd: Path = ROOT, env: dict | None = None, output: tuple[Path, Path] | None = None
+) -> Process:
+    """Start ``python ARGS`` like a user would, its stdout and stderr captured as text or written
+    to the files of ``output``: a Popen, or what tests use of one (``pid``, ``poll``, ``wait``,
+    ``communicate``, ``send_signal``, ``kill``) where it is forked from the warm interpreter
+    like :func:`run_python`'s commands."""
+    return WARM.start(list(args), cwd, {**os.environ, **(env or {})}, output)
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,6 @@ on two over loopback. Processes are found through psutil and hit with real signa
 import contextlib
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,9 @@ from bench.injection import can_mount_a_small_disk, run_on_a_small_disk
 from gpt.run.checkpoints import find_damage
 from gpt.run.folder import list_checkpoints
 from gpt.run.weights import describe_trained
+from tests.warm_python import Process
 
+from .conftest import start_python
 from .test_trainer import (
     ROOT,
     SLOW_EVALUATIONS,
@@ -39,18 +39,16 @@ ENDLESS = ["train.max_iters=100000", "train.eval_interval=100000", "train.log_in
 @contextlib.contextmanager
 def started(command: list[str], out: Path):
     """``python COMMAND``, its output in files next to ``out``; it and its children killed after."""
-    with (
-        open(out.with_suffix(".stdout"), "w") as stdout,
-        open(out.with_suffix(".stderr"), "w") as err,
-    ):
-        process = subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=stdout, stderr=err)
+    process = start_python(
+        *command, output=(out.with_suffix(".stdout"), out.with_suffix(".stderr"))
+    )
     try:
         yield process
     finally:
         kill_with_children(process)
 
 
-def kill_with_children(process: subprocess.Popen) -> None:
+def kill_with_children(process: Process) -> None:
     """SIGKILL a process and everything under it at once, like a machine that loses power.
 
     (torchrun starts each worker in a session of its own, so killing the launcher's process group
@@ -63,7 +61,7 @@ def kill_with_children(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def alive(process: subprocess.Popen) -> bool:
+def alive(process: Process) -> bool:
     return process.poll() is None
 
 
@@ -80,7 +78,7 @@ def wait_for(condition, processes=(), timeout: float = 180) -> None:
         time.sleep(0.02)
 
 
-def workers(launchers: list[subprocess.Popen], count: int) -> dict[int, psutil.Process]:
+def workers(launchers: list[Process], count: int) -> dict[int, psutil.Process]:
     """The training processes under the launchers, by rank, once all have started."""
     found: dict[int, psutil.Process] = {}
 

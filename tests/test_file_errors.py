@@ -18,8 +18,9 @@ from bench.injection import (
     run_with_mount,
 )
 from gpt.base.folder_lock import holder_path, lock_path
+from tests.warm_python import Process
 
-from .conftest import CORPUS, ROOT, run_python
+from .conftest import CORPUS, run_python, start_python
 from .test_trainer import accelerate_launch, free_port, train_args
 
 
@@ -97,16 +98,10 @@ def large_corpus(tmp_path_factory) -> Path:
     return path
 
 
-def started_data_prep(corpus: Path, out: Path) -> subprocess.Popen:
+def started_data_prep(corpus: Path, out: Path) -> Process:
     """data_prep on ``corpus`` into ``out``, returned once it writes its staging folder."""
     command = ["-m", "data_prep", "--input", str(corpus), "--out", str(out), "--num-proc", "1"]
-    process = subprocess.Popen(
-        [sys.executable, *command],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_python(*command)
     staging = out.with_name(f"{out.name}.tmp-{process.pid}")
     deadline = time.monotonic() + 120
     while not (staging / "tokenizer.json").exists():

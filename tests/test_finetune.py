@@ -9,7 +9,6 @@ import math
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from gpt.export import _main as export_main
 from gpt.models.gpt import build_model
 from gpt.run.weights import save_model
 
-from .conftest import CORPUS, ROOT, run_python
+from .conftest import CORPUS, ROOT, run_python, start_python
 from .test_integrity import flip_last_byte
 from .test_trainer import assert_same_weights, final_weights, read_metrics, train_args
 
@@ -115,9 +114,7 @@ def test_a_killed_finetuning_run_resumes_to_identical_weights(
 ):
     resumed = pretrained.parent / "resumed"
     args = finetune_args(shakespeare_char, pretrained, resumed)
-    process = subprocess.Popen(
-        [sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    process = start_python(*args)
     deadline = time.monotonic() + 120
     while not (resumed / "checkpoints" / "step_0000010").exists():
         assert process.poll() is None and time.monotonic() < deadline
@@ -399,7 +396,7 @@ def test_a_killed_export_leaves_no_folder_behind(tmp_path):
     train_char_tokenizer([CORPUS.read_text(encoding="utf-8")]).save(run / "tokenizer.json")
     target = tmp_path / "hf"
     export = ["-m", "gpt.export", str(run), "--to", "hf", str(target)]
-    process = subprocess.Popen([sys.executable, *export], cwd=ROOT, stderr=subprocess.DEVNULL)
+    process = start_python(*export)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("hf.tmp-*/config.json")):
         assert process.poll() is None and time.monotonic() < deadline

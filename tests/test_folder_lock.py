@@ -6,26 +6,26 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from gpt.base.folder_lock import hold_folder, holder_path
+from tests.warm_python import Process
 
-from .conftest import CORPUS, ROOT, run_python
+from .conftest import CORPUS, run_python, start_python
 from .test_trainer import train_args
 
 ENDLESS = ["train.max_iters=100000", "train.eval_interval=100000", "train.checkpoint_interval=5"]
 
 
-def wait_for_a_checkpoint(process: subprocess.Popen, out: Path) -> None:
+def wait_for_a_checkpoint(process: Process, out: Path) -> None:
     deadline = time.monotonic() + 120
     while not list((out / "checkpoints").glob("step_*")):
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
 
 
-def wait_for_a_new_record(process: subprocess.Popen, out: Path, records: int) -> None:
+def wait_for_a_new_record(process: Process, out: Path, records: int) -> None:
     """Wait until ``out/metrics.jsonl`` holds more than ``records`` lines, the process alive."""
     deadline = time.monotonic() + 120
     while len((out / "metrics.jsonl").read_text().splitlines()) <= records:
@@ -46,12 +46,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_a_killed_holder_is_taken
     shakespeare_char, tmp_path
 ):
     out = tmp_path / "run"
-    first = subprocess.Popen(
-        [sys.executable, *train_args(shakespeare_char, out, *ENDLESS)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    first = start_python(*train_args(shakespeare_char, out, *ENDLESS))
     try:
         wait_for_a_checkpoint(first, out)
         # Paused, the holder still holds its lock (the kernel's flock, by a live process) but no

@@ -12,17 +12,15 @@ train.py itself.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from gpt.base.config import TrainConfig, load_config
 from gpt.training.launch import runs_on_cpu
-from tests.conftest import ROOT
+from tests.conftest import ROOT, start_python
 from tests.test_trainer import free_port, train_args
+from tests.warm_python import Process
 
 CONFIGS = ROOT / "configs" / "accelerate"
 PROBE = "tests/launch_probe.py"
@@ -37,19 +35,12 @@ def needs_two_gpus(test):
     return pytest.mark.gpu(pytest.mark.skipif(GPUS < 2, reason="needs 2 CUDA GPUs")(test))
 
 
-def launch(*args: str, env: dict | None = None) -> subprocess.Popen:
+def launch(*args: str, env: dict | None = None) -> Process:
     """``accelerate launch ARGS`` in the background, its output captured as text."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "accelerate.commands.launch", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **ENV, **(env or {})},
-    )
+    return start_python("-m", "accelerate.commands.launch", *args, env={**ENV, **(env or {})})
 
 
-def finish(process: subprocess.Popen) -> tuple[int, str, str]:
+def finish(process: Process) -> tuple[int, str, str]:
     stdout, stderr = process.communicate(timeout=300)
     return process.returncode, stdout, stderr
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from gpt.report import _main as report_main
 from gpt.run.weights import save_model
 from gpt.training.schedule import learning_rate
 
-from .conftest import ROOT, run_python
+from .conftest import ROOT, run_python, start_python
 from .test_trainer import signal_once, sigterm_after_the_first_train_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -317,7 +315,7 @@ def test_one_evaluation_is_a_point_on_the_runs_steps_with_a_note(shakespeare_cha
     command = train_command(
         shakespeare_char, out, "train.max_iters=100000", "train.eval_interval=100000"
     )
-    process = subprocess.Popen([sys.executable, *command], cwd=ROOT, stderr=subprocess.DEVNULL)
+    process = start_python(*command)
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and '"train"' in metrics.read_text()):

@@ -24,8 +24,9 @@ from gpt.run.folder import list_checkpoints
 from gpt.run.weights import load_model
 from gpt.sample_cli import _main as sample_main
 from gpt.training.console import RunFacts, duration, end_of_run, startup_block
+from tests.warm_python import Process
 
-from .conftest import CORPUS, ROOT, run_python
+from .conftest import CORPUS, ROOT, run_python, start_python
 from .test_trainer import read_metrics, train_args, wandb_history, wandb_records
 
 LOG_LINE = re.compile(r"^step (\d+)/(\d+): loss (\S+), lr (\S+), ([\d,]+) tokens/s, ETA \S+")
@@ -184,12 +185,7 @@ def test_sampling_right_after_the_first_evaluation_says_it_uses_the_step_0_weigh
 ):
     out = tmp_path / "run"
     endless = ["train.max_iters=100000", "train.eval_interval=100000"]
-    process = subprocess.Popen(
-        [sys.executable, *train_args(shakespeare_char, out, *endless)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_python(*train_args(shakespeare_char, out, *endless))
     try:
         wait_for(lambda: (out / "metrics.jsonl").exists(), process)
         code = run_cli(sample_main, ["--checkpoint", str(out), "--max-new-tokens", "5"])
@@ -211,13 +207,8 @@ def test_a_resumed_run_continues_the_same_wandb_run_and_wandb_gives_no_advice_of
     out = tmp_path / "run"
     wandb = ["train.wandb.mode=offline", "train.checkpoint_interval=10", "train.eval_interval=10"]
     loud = {**os.environ, "WANDB_SILENT": "false"}  # W&B's own output, unless the trainer stops it
-    first = subprocess.Popen(
-        [sys.executable, *train_args(shakespeare_char, out, "train.max_iters=100000", *wandb)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=loud,
+    first = start_python(
+        *train_args(shakespeare_char, out, "train.max_iters=100000", *wandb), env=loud
     )
     wait_for(lambda: list_checkpoints(out), first)
     first.send_signal(signal.SIGTERM)
@@ -347,7 +338,7 @@ def test_a_smoke_run_of_a_shipped_cpu_config_just_works(config, request, tmp_pat
     assert result.stdout.splitlines()[-1].startswith("finished at step 20 of 20;")
 
 
-def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for(condition, process: Process, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert process.poll() is None, f"exited early with {process.returncode}"

@@ -4,8 +4,6 @@ import json
 import math
 import signal
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ from gpt.data.tokens import BatchSlice, TokenData
 from gpt.run.weights import load_model
 from gpt.training.schedule import learning_rate
 
-from .conftest import CORPUS, ROOT, run_python
+from .conftest import CORPUS, ROOT, run_python, start_python
 
 SLOW_EVALUATIONS = str(ROOT / "tests" / "slow_evaluations.py")
 
@@ -226,16 +224,9 @@ def test_the_same_global_batch_trains_the_same_model_however_it_is_split(
         assert run.returncode == 0, run.stderr[-3000:]
     port = free_port()
     machines = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                *accelerate_launch(machines=2, machine_rank=rank, port=port),
-                *train_args(shakespeare_char, two_machines, *EQUIVALENCE, "train.batch_size=4"),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        start_python(
+            *accelerate_launch(machines=2, machine_rank=rank, port=port),
+            *train_args(shakespeare_char, two_machines, *EQUIVALENCE, "train.batch_size=4"),
         )
         for rank in (0, 1)
     ]
@@ -329,12 +320,7 @@ def test_a_run_killed_with_sigkill_resumes_to_bitwise_identical_weights(shakespe
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
     assert run_python(*train_args(shakespeare_char, uninterrupted, *RESUME)).returncode == 0
 
-    process = subprocess.Popen(
-        [sys.executable, *train_args(shakespeare_char, resumed, *RESUME)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_python(*train_args(shakespeare_char, resumed, *RESUME))
     deadline = time.monotonic() + 120
     while not (resumed / "checkpoints" / "step_0000030").exists():
         assert process.poll() is None and time.monotonic() < deadline
@@ -363,9 +349,7 @@ def signal_once(
 ) -> tuple[int, str, str]:
     """Start ``python ARGS``, send it ``signum`` once ``ready()``, and wait for it: its exit
     code, stdout and stderr."""
-    process = subprocess.Popen(
-        [sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = start_python(*args)
     deadline = time.monotonic() + 120
     while not ready():
         assert process.poll() is None and time.monotonic() < deadline

@@ -20,14 +20,17 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import queue
 import runpy
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
+from subprocess import PIPE
 
 ROOT = Path(__file__).resolve().parents[1]
 PRELOADED = (
@@ -48,43 +51,118 @@ STARTUP_PREFIXES = ("PYTHON", "TORCH", "OMP_", "MKL_", "KMP_", "MPL", "LD_")
 # ----- the test process's side --------------------------------------------------------------------
 
 
+class WarmProcess:
+    """A command forked from the warm interpreter: what tests use of ``subprocess.Popen``.
+
+    Its stdout and stderr are files, read by :meth:`communicate` once it has ended; the warm
+    interpreter, its parent, says when it ends and with which exit code."""
+
+    def __init__(
+        self,
+        warm: WarmPython,
+        pid: int,
+        args: list[str],
+        streams: tuple[Path, Path],
+        owns_streams: bool,
+    ):
+        self.warm, self.pid, self.args, self.streams = warm, pid, args, streams
+        self.owns_streams = owns_streams  # files of its own, removed once read
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.wait(timeout=0) if self.returncode is None else self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self.returncode = self.warm.exit_code(self, timeout)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """Its stdout and stderr, once it has ended (empty at a second call, as for a Popen)."""
+        self.wait(timeout)
+        texts = tuple(path.read_text() if path.exists() else "" for path in self.streams)
+        for path in self.streams if self.owns_streams else ():
+            path.unlink(missing_ok=True)
+        return texts
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+
 class WarmPython:
-    """One warm interpreter, started on first use; ``run`` is ``subprocess.run`` with
-    ``capture_output=True, text=True`` for ``[sys.executable, *args]``."""
+    """One warm interpreter, started on first use."""
 
     def __init__(self) -> None:
         self.process: subprocess.Popen | None = None
         self.started_with: dict[str, str] = {}
         self.streams = Path(tempfile.mkdtemp(prefix="warm-python-"))
-        self.lock = threading.Lock()
-        self.children_cpu_seconds = 0.0  # of the commands run warm, which this process never waits for
+        self.requests = threading.Lock()
+        self.pids: queue.Queue[int] = queue.Queue()  # of the children forked, in request order
+        self.endings: dict[int, dict] = {}  # pid -> exit code and CPU time, once ended
+        self.ended = threading.Condition()
+        self.children_cpu_seconds = (
+            0.0  # of the commands run warm, which this process never waits for
+        )
 
     def run(
         self, args: list[str], cwd: Path, env: dict[str, str], timeout: float
     ) -> subprocess.CompletedProcess:
+        """``subprocess.run([sys.executable, *args], capture_output=True, text=True, ...)``."""
+        process = self.start(args, cwd, env)
+        try:
+            stdout, stderr = process.communicate(timeout)
+        except subprocess.TimeoutExpired as expired:  # as subprocess.run does: kill, wait, raise
+            process.kill()
+            expired.output, expired.stderr = process.communicate()
+            raise
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+    def start(
+        self,
+        args: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        output: tuple[Path, Path] | None = None,
+    ) -> Process:
+        """``python ARGS`` started with its stdout and stderr captured as text, or written to the
+        two files of ``output``: forked where it can be, else a ``subprocess.Popen``."""
         command = [sys.executable, *args]
         if not self._can_fork(args, env):
-            return subprocess.run(
-                command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-            )
-        with self.lock:
-            self._start()
-            stdout, stderr = self.streams / "stdout", self.streams / "stderr"
-            request = {"args": args, "cwd": str(cwd), "env": env}
-            request |= {"stdout": str(stdout), "stderr": str(stderr)}
-            self._send(request)
-            pid = self._receive(timeout=60)["pid"]
-            reply = self._receive(timeout)
-            if reply is None:  # as subprocess.run does: kill, wait, raise
-                os.kill(pid, signal.SIGKILL)
-                self._receive(timeout=60)
-                raise subprocess.TimeoutExpired(
-                    command, timeout, output=stdout.read_text(), stderr=stderr.read_text()
+            if output is None:
+                return subprocess.Popen(
+                    command, cwd=cwd, env=env, stdout=PIPE, stderr=PIPE, text=True
                 )
-            self.children_cpu_seconds += reply["cpu"]
-            return subprocess.CompletedProcess(
-                command, reply["returncode"], stdout.read_text(), stderr.read_text()
-            )
+            with open(output[0], "w") as stdout, open(output[1], "w") as stderr:
+                return subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
+        streams = output or tuple(
+            Path(tempfile.mkstemp(dir=self.streams, suffix=suffix)[1])
+            for suffix in (".stdout", ".stderr")
+        )
+        with self.requests:
+            self._start()
+            request = {"args": args, "cwd": str(cwd), "env": env}
+            self._send(request | {"stdout": str(streams[0]), "stderr": str(streams[1])})
+            pid = self.pids.get(timeout=60)
+        return WarmProcess(self, pid, command, streams, owns_streams=output is None)
+
+    def exit_code(self, process: WarmProcess, timeout: float | None) -> int | None:
+        """``process``'s exit code once it has ended; None if ``timeout`` is 0 and it runs on,
+        subprocess.TimeoutExpired after any other ``timeout``."""
+        with self.ended:
+            if not self.ended.wait_for(lambda: process.pid in self.endings, timeout):
+                if timeout == 0:
+                    return None
+                raise subprocess.TimeoutExpired(process.args, timeout)
+            ending = self.endings.pop(process.pid)
+        self.children_cpu_seconds += ending["cpu"]
+        return ending["returncode"]
 
     def _can_fork(self, args: list[str], env: dict[str, str]) -> bool:
         if os.environ.get("WARM_PYTHON") == "0" or not args:
@@ -103,7 +181,7 @@ class WarmPython:
 
     def _start(self) -> None:
         """Start the warm interpreter with this process's environment, unless it is running."""
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None:
             return
         self.started_with = dict(os.environ)
         self.process = subprocess.Popen(
@@ -114,32 +192,36 @@ class WarmPython:
             stdout=subprocess.PIPE,
             text=True,
         )
+        assert self.process.stdout.readline() == "ready\n", "the warm interpreter did not start"
+        threading.Thread(target=self._read_replies, daemon=True).start()
         atexit.register(self.stop)
-        assert self._receive(timeout=120) == {"ready": True}, "the warm interpreter did not start"
 
     def stop(self) -> None:
-        """Close the warm interpreter's input, which ends it (it is waited for, so that its
-        children's CPU time counts in this process's)."""
+        """Close the warm interpreter's input, which ends it and kills any child left (it is
+        waited for, so that its children's CPU time counts in this process's)."""
         self.process.stdin.close()
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        shutil.rmtree(self.streams, ignore_errors=True)
 
     def _send(self, message: dict) -> None:
         self.process.stdin.write(json.dumps(message) + "\n")
         self.process.stdin.flush()
 
-    def _receive(self, timeout: float) -> dict | None:
-        """The next message, or None after ``timeout`` seconds without one."""
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        if not ready:
-            return None
-        line = self.process.stdout.readline()
-        assert line, "the warm interpreter exited"
-        return json.loads(line)
+    def _read_replies(self) -> None:
+        for line in self.process.stdout:
+            reply = json.loads(line)
+            if "returncode" not in reply:
+                self.pids.put(reply["pid"])
+                continue
+            with self.ended:
+                self.endings[reply["pid"]] = reply
+                self.ended.notify_all()
 
 
+Process = WarmProcess | subprocess.Popen
 WARM = WarmPython()
 
 
@@ -147,7 +229,8 @@ WARM = WarmPython()
 
 
 def serve() -> None:
-    """Import, then fork a child for each request on stdin; reply with its pid, then its exit code.
+    """Import, then fork a child for each request on stdin; reply with its pid at once, and with
+    its exit code and CPU time when it ends. At the end of stdin, kill the children left.
 
     Replies go to a copy of stdout, and stdout itself to stderr, so that nothing an import prints
     can be taken for a reply."""
@@ -155,17 +238,41 @@ def serve() -> None:
     os.dup2(2, 1)
     for module in PRELOADED:
         __import__(module)
-    reply(replies, {"ready": True})
-    for line in sys.stdin:
-        request = json.loads(line)
-        pid = os.fork()
+    print("ready", file=replies, flush=True)
+    children: set[int] = set()
+    requests = b""
+    while True:
+        readable, _, _ = select.select([0], [], [], 0.05 if children else None)
+        if readable:
+            received = os.read(0, 1 << 16)
+            if not received:
+                break
+            requests += received
+            while b"\n" in requests:
+                line, requests = requests.split(b"\n", 1)
+                pid = os.fork()
+                if pid == 0:
+                    replies.close()
+                    run_child(json.loads(line))
+                children.add(pid)
+                reply(replies, {"pid": pid})
+        reap(children, replies)
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+
+
+def reap(children: set[int], replies) -> None:
+    """Reply for each child that has ended."""
+    while children:
+        pid, status, usage = os.wait4(-1, os.WNOHANG)
         if pid == 0:
-            replies.close()
-            run_child(request)
-        reply(replies, {"pid": pid})
-        _, status, usage = os.wait4(pid, 0)
+            return
+        children.discard(pid)
         cpu_seconds = usage.ru_utime + usage.ru_stime
-        reply(replies, {"returncode": os.waitstatus_to_exitcode(status), "cpu": cpu_seconds})
+        reply(
+            replies,
+            {"pid": pid, "returncode": os.waitstatus_to_exitcode(status), "cpu": cpu_seconds},
+        )
 
 
 def reply(replies, message: dict) -> None:
@@ -201,6 +308,7 @@ def exit_code_of(args: list[str]) -> int:
         if args[0] == "-m":
             sys.argv = ["-m", *args[2:]]
             sys.path[0] = os.getcwd()
+            sys.modules.pop(args[1], None)  # preloaded: the interpreter would not have it yet
             runpy.run_module(args[1], run_name="__main__", alter_sys=True)
         elif args[0] == "-c":
             sys.argv = ["-c", *args[2:]]
