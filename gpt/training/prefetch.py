@@ -59,9 +59,15 @@ class Prefetcher:
         if self._copies is None:
             return tuple(tensor.to(self.device) for tensor in batch), None
         with torch.cuda.stream(self._copies):
-            batch = tuple(
-                tensor.pin_memory().to(self.device, non_blocking=True) for tensor in batch
-            )
+            batch = tuple(_pinned(tensor).to(self.device, non_blocking=True) for tensor in batch)
             copied = torch.cuda.Event()
             copied.record(self._copies)
         return batch, copied
+
+
+def _pinned(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``tensor`` in pinned memory, which the GPU copies from asynchronously.
+    (A strided one, such as a batch's inputs, every window but its last token, would first be made
+    contiguous in ordinary memory, from which the copy is synchronous.)"""
+    pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return pinned.copy_(tensor)

@@ -7,7 +7,8 @@ owns what a step means:
 * batches come from :class:`gpt.data.tokens.TokenData`, keyed by (seed, step, position in the global batch),
   and so do the dropout masks: the global RNG is seeded from the same key before every micro-step.
   So the split of the global batch over processes and micro-steps changes the result only where
-  it changes the micro-batches, and a resumed run repeats exactly what an uninterrupted one does;
+  it changes the micro-batches, and a resumed run repeats exactly what an uninterrupted one does.
+  The next micro-batch is prepared while the current one trains (:mod:`gpt.training.prefetch`);
 * the optimizer of ``train.optimizer`` (:mod:`gpt.training.optim`: AdamW by default), the global gradient
   norm clipped, and the learning rate a pure function of the step (:mod:`gpt.training.schedule`: warmup,
   then cosine, linear or constant decay), set before every step: the schedule has no state of its
@@ -18,9 +19,15 @@ owns what a step means:
   best end the run;
 * checkpoints every ``checkpoint_interval`` steps, on SIGINT/SIGTERM and at the end. A run stopped by
   a signal evaluates once more on its way out, so that its best weights hold the training done (a
-  stop before the first scheduled evaluation would leave the step-0 weights). A non-finite
-  loss or gradient norm stops the run before the update is applied, and weights are checked to be
-  finite before anything is saved, so every checkpoint holds finite weights.
+  stop before the first scheduled evaluation would leave the step-0 weights). A step whose loss or
+  gradient norm is not finite applies no update (:mod:`gpt.training.guard`), and the run stops at
+  its next read of the device naming that step; weights are checked to be finite before anything
+  is saved, so every checkpoint holds finite weights.
+
+A step does not read the device (which would idle a GPU until the host queues more work): the host
+reads the loss, gradient norm, stop request and divergence record once, in the steps that log,
+evaluate or checkpoint (:meth:`Trainer._sync_due`). A signal therefore stops a multi-process run at
+the next of those steps, where the processes agree on it; a single process stops after the step.
 
 A run resumes from the newest intact checkpoint (:mod:`gpt.training.resume` sets damaged ones aside), or
 starts fresh in an output folder of its own: an earlier run's files are moved to ``earlier_runs/``,
@@ -301,8 +308,9 @@ class Trainer:
             while self.state.step < train.max_iters and not self.state.stopped_early:
                 with self.pace.step():
                     loss, grad_norm = self._train_step(self.state.step)
-                    self.state.step += 1
-                    outcome = self._read_step(loss, grad_norm) if self._sync_due() else None
+                    read_now = self._sync_due(self.state.step + 1)
+                    outcome = self._read_step(loss, grad_norm) if read_now else None
+                self.state.step += 1
                 self.console.advance()
                 if outcome is None:
                     continue
@@ -315,12 +323,12 @@ class Trainer:
             self.batches.close()
             self.console.close_progress()
 
-    def _sync_due(self) -> bool:
-        """Whether the step just taken ends with the host reading the device: where it logs,
-        evaluates or checkpoints, at the end, and (in one process) once a signal asked it to
+    def _sync_due(self, step: int) -> bool:
+        """Whether ``step`` (counted from 1) ends with the host reading the device: where it
+        logs, evaluates or checkpoints, at the end, and (in one process) once a signal asked it to
         stop. Across processes a stop is agreed at those reads alone, so a signal stops the run
         at the next one, not at the next step."""
-        train, step = self.config.train, self.state.step
+        train = self.config.train
         intervals = (train.log_interval, train.eval_interval, train.checkpoint_interval)
         alone_and_stopping = self.accelerator.num_processes == 1 and self._stop_signal is not None
         due = any(step % interval == 0 for interval in intervals)
