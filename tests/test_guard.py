@@ -38,12 +38,14 @@ def poison_gradient(trainer: Trainer, step: int) -> None:
 
 
 def snapshot_before(trainer: Trainer, step: int) -> dict:
-    """The weights and optimizer state the run has when it is about to take ``step``."""
+    """The weights and optimizer state the run has when it is about to take ``step``, and (under
+    ``steps_taken``, kept current) how many steps it took."""
     saved = {}
     train_step = trainer._train_step
 
     def step_and_snapshot(number: int):
         result = train_step(number)
+        saved["steps_taken"] = number + 1
         if number + 1 == step - 1:
             saved.update(weights(trainer), optimizer=optimizer_state(trainer))
         return result
@@ -114,7 +116,7 @@ def test_a_non_finite_step_changes_nothing_and_stops_the_run_at_the_next_read(
     before = snapshot_before(trainer, step)
     with pytest.raises(UserError, match=f"training diverged at step {step}: {what}; stopped"):
         trainer.run()
-    assert trainer.state.step == read_at  # the steps up to the read applied no update either
+    assert before.pop("steps_taken") == read_at  # and the steps up to it applied no update
     after = {**weights(trainer), "optimizer": optimizer_state(trainer)}
     if optimizer == "muon":  # Muon's matrices cannot skip an update on the device; AdamW's can
         matrices = {id(p) for p in muon_matrices(trainer.model)}
