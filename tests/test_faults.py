@@ -314,8 +314,9 @@ def test_when_one_of_two_processes_dies_the_other_stops_with_a_message(shakespea
 def test_when_one_of_two_processes_is_stopped_both_evaluate_before_their_checkpoint(
     shakespeare_char, tmp_path
 ):
-    """SIGTERM to rank 1 alone: rank 0 (which writes the files) learns of it at the step's end,
-    and both take part in the stop's evaluation, whose loss is a mean over both processes."""
+    """SIGTERM to rank 1 alone: rank 0 (which writes the files) learns of it at the next step
+    where the processes read the device (here a checkpoint's, every 5 steps), and both take part
+    in the stop's evaluation, whose loss is a mean over both processes."""
     out = tmp_path / "run"
     command = [*launch_two(), *train_args(shakespeare_char, out, *TWO_PROCESSES, *ENDLESS)]
     with started(command, out) as run:

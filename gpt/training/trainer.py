@@ -7,7 +7,8 @@ owns what a step means:
 * batches come from :class:`gpt.data.tokens.TokenData`, keyed by (seed, step, position in the global batch),
   and so do the dropout masks: the global RNG is seeded from the same key before every micro-step.
   So the split of the global batch over processes and micro-steps changes the result only where
-  it changes the micro-batches, and a resumed run repeats exactly what an uninterrupted one does;
+  it changes the micro-batches, and a resumed run repeats exactly what an uninterrupted one does.
+  The next micro-batch is prepared while the current one trains (:mod:`gpt.training.prefetch`);
 * the optimizer of ``train.optimizer`` (:mod:`gpt.training.optim`: AdamW by default), the global gradient
   norm clipped, and the learning rate a pure function of the step (:mod:`gpt.training.schedule`: warmup,
   then cosine, linear or constant decay), set before every step: the schedule has no state of its
@@ -18,9 +19,15 @@ owns what a step means:
   best end the run;
 * checkpoints every ``checkpoint_interval`` steps, on SIGINT/SIGTERM and at the end. A run stopped by
   a signal evaluates once more on its way out, so that its best weights hold the training done (a
-  stop before the first scheduled evaluation would leave the step-0 weights). A non-finite
-  loss or gradient norm stops the run before the update is applied, and weights are checked to be
-  finite before anything is saved, so every checkpoint holds finite weights.
+  stop before the first scheduled evaluation would leave the step-0 weights). A step whose loss or
+  gradient norm is not finite applies no update (:mod:`gpt.training.guard`), and the run stops at
+  its next read of the device naming that step; weights are checked to be finite before anything
+  is saved, so every checkpoint holds finite weights.
+
+A step does not read the device (which would idle a GPU until the host queues more work): the host
+reads the loss, gradient norm, stop request and divergence record once, in the steps that log,
+evaluate or checkpoint (:meth:`Trainer._sync_due`). A signal therefore stops a multi-process run at
+the next of those steps, where the processes agree on it; a single process stops after the step.
 
 A run resumes from the newest intact checkpoint (:mod:`gpt.training.resume` sets damaged ones aside), or
 starts fresh in an output folder of its own: an earlier run's files are moved to ``earlier_runs/``,
@@ -76,9 +83,11 @@ from gpt.training.checkpoint import (
     save_checkpoint,
 )
 from gpt.training.console import Console, RunFacts, end_of_run, startup_block
+from gpt.training.guard import DivergenceGuard
 from gpt.training.launch import runs_on_cpu
 from gpt.training.optim import build_optimizer, set_learning_rate
 from gpt.training.pace import Interval, Pace
+from gpt.training.prefetch import Prefetcher
 from gpt.training.resume import resume
 from gpt.training.schedule import learning_rate
 from gpt.training.throughput import peak_flops, tf32_enabled, use_tf32
@@ -178,6 +187,8 @@ class Trainer:
         self.num_params = model.num_params()
         optimizer = build_optimizer(model, train, self.device)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.guard = DivergenceGuard(optimizer, self.device, not self._scaler_skips_overflows)
+        self.batches = Prefetcher(self._micro_batch, self.device)
         # Compile the prepared module, so saved state keeps the plain parameter names.
         self.forward = torch.compile(self.model) if train.compile else self.model
         self.state = TrainState()
@@ -292,24 +303,49 @@ class Trainer:
         train = self.config.train
         self.console.start_progress(train.max_iters, self.state.step)
         self.pace = Pace()
+        self.guard.start(self.state.step)
         try:
             while self.state.step < train.max_iters and not self.state.stopped_early:
                 with self.pace.step():
-                    loss, grad_norm, stop_requested = self._train_step(self.state.step)
-                if not math.isfinite(loss):
-                    raise self._diverged(f"the loss became {loss}", self.state.step + 1)
-                if not math.isfinite(grad_norm) and not self._scaler_skips_overflows:
-                    raise self._diverged(
-                        f"the gradient norm became {grad_norm}", self.state.step + 1
-                    )
+                    loss, grad_norm = self._train_step(self.state.step)
+                    read_now = self._sync_due(self.state.step + 1)
+                    outcome = self._read_step(loss, grad_norm) if read_now else None
                 self.state.step += 1
                 self.console.advance()
-                self._after_step(loss, grad_norm, stop_requested)
+                if outcome is None:
+                    continue
+                loss_value, grad_norm_value, stop_requested = outcome
+                self._after_step(loss_value, grad_norm_value, stop_requested)
                 if stop_requested:  # a process that was not signalled stops as if terminated
                     self._stop_signal = self._stop_signal or signal.SIGTERM
                     break
         finally:
+            self.batches.close()
             self.console.close_progress()
+
+    def _sync_due(self, step: int) -> bool:
+        """Whether ``step`` (counted from 1) ends with the host reading the device: where it
+        logs, evaluates or checkpoints, at the end, and (in one process) once a signal asked it to
+        stop. Across processes a stop is agreed at those reads alone, so a signal stops the run
+        at the next one, not at the next step."""
+        train = self.config.train
+        intervals = (train.log_interval, train.eval_interval, train.checkpoint_interval)
+        alone_and_stopping = self.accelerator.num_processes == 1 and self._stop_signal is not None
+        due = any(step % interval == 0 for interval in intervals)
+        return due or step == train.max_iters or alone_and_stopping
+
+    def _read_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> tuple[float, float, bool]:
+        """The host's one read of the device in a step (:meth:`_sync_due`): the step's loss and
+        gradient norm, whether any process was asked to stop, and whether the run diverged since
+        the last read, which stops it here with the step that diverged."""
+        stop = torch.full((1,), float(self._stop_signal is not None), device=self.device)
+        if self.accelerator.num_processes > 1:
+            stop = self.accelerator.reduce(stop, reduction="sum")
+        values = torch.cat([loss.float().view(1), grad_norm.float().view(1), stop])
+        divergence, (loss_value, grad_norm_value, stops) = self.guard.read(values)
+        if divergence is not None:
+            raise self._diverged(divergence.what, divergence.step)
+        return loss_value, grad_norm_value, stops > 0
 
     def _after_step(self, loss: float, grad_norm: float, stop: bool) -> None:
         """Log, evaluate and checkpoint on their intervals, and always at the end; a run that is
@@ -340,12 +376,14 @@ class Trainer:
             self.accelerator.num_processes,
         )
 
-    def _train_step(self, step: int) -> tuple[float, float, bool]:
+    def _train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step, on a global batch or (``train.full_batch``) the whole training set.
 
-        Returns the loss averaged over the batch, the gradient norm before clipping, and whether
-        any process was asked to stop (so all processes agree to stop at the same step).
-        A non-finite gradient norm (the same on every process) skips the update.
+        Returns the loss averaged over the batch (and the processes) and the gradient norm before
+        clipping, on the device: nothing in a step reads the device, which a GPU would idle for.
+        A step whose loss or gradient norm is not finite (the same on every process) applies no
+        update, nor does any step after it (:mod:`gpt.training.guard`); the loop stops the run
+        at its next read of the device (:meth:`_read_step`).
         """
         train = self.config.train
         set_learning_rate(self.optimizer, learning_rate(step, train))
@@ -353,40 +391,45 @@ class Trainer:
             loss, grad_norm = self._full_batch_step(step)
         else:
             loss, grad_norm = self._global_batch_step(step)
-        summary = torch.stack(
-            [
-                loss,
-                torch.as_tensor(grad_norm, dtype=torch.float32, device=self.device),
-                torch.tensor(float(self._stop_signal is not None), device=self.device),
-            ]
-        )
-        if self.accelerator.num_processes > 1:
-            summary = self.accelerator.reduce(summary, reduction="mean")
-        loss_value, grad_norm_value, stop = summary.tolist()
-        return loss_value, grad_norm_value, stop > 0
+        return loss, torch.as_tensor(grad_norm, dtype=torch.float32, device=self.device)
 
     def _global_batch_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A step over ``gradient_accumulation_steps`` micro-batches of this process's share of the
-        global batch; returns this process's mean loss and the (global) gradient norm."""
+        global batch; returns the mean loss over every process and the (global) gradient norm."""
         train = self.config.train
         accelerator = self.accelerator
         max_norm = train.grad_clip if train.grad_clip > 0 else math.inf
         loss_sum = torch.zeros((), device=self.device)
-        grad_norm = torch.zeros((), device=self.device)
         for micro_step in range(train.gradient_accumulation_steps):
             part = self._batch_slice(micro_step)
-            inputs, targets = self._to_device(self.data.train_batch(train.seed, step, part))
+            inputs, targets = self.batches.get(
+                step * train.gradient_accumulation_steps + micro_step
+            )
             torch.manual_seed(micro_batch_seed(train.seed, step, part.start))  # dropout masks
             with accelerator.accumulate(self.model):
                 _, loss = self.forward(inputs, targets)
                 accelerator.backward(loss)
+                loss_sum += loss.detach()
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
-                    if self._scaler_skips_overflows or torch.isfinite(grad_norm):
-                        self.optimizer.step()
+                    mean_loss = self._mean_over_processes(
+                        loss_sum / train.gradient_accumulation_steps
+                    )
+                    self.guard.update(self.optimizer, mean_loss, grad_norm)
                 self.optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()
-        return loss_sum / train.gradient_accumulation_steps, grad_norm
+        return mean_loss, grad_norm
+
+    def _micro_batch(self, number: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's micro-batch ``number`` of the run (step x accumulation steps +
+        micro-step), as :attr:`batches` prepares it ahead."""
+        step, micro_step = divmod(number, self.config.train.gradient_accumulation_steps)
+        return self.data.train_batch(self.config.train.seed, step, self._batch_slice(micro_step))
+
+    def _mean_over_processes(self, loss: torch.Tensor) -> torch.Tensor:
+        """The mean of every process's ``loss``: a collective on the device, no read."""
+        if self.accelerator.num_processes == 1:
+            return loss
+        return self.accelerator.reduce(loss, reduction="mean")
 
     def _full_batch_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A step on every training window (``train.full_batch``): gradient descent proper.
@@ -396,7 +439,9 @@ class Trainer:
         of the step and at every point its line search tries, with the same dropout masks each
         time, so that it sees one function. Returns the loss and gradient norm at the start. (So
         L-BFGS has moved the weights before the trainer sees a non-finite loss; the run still stops
-        there, and weights that are not finite are never saved.)
+        at the next read, and weights that are not finite are never saved. Its line search reads
+        the device many times a step: it is a method for small models on small data, not a GPU's
+        hot loop.)
         """
         train = self.config.train
         max_norm = train.grad_clip if train.grad_clip > 0 else math.inf
@@ -420,10 +465,10 @@ class Trainer:
 
         if train.optimizer == "lbfgs":
             self.optimizer.step(loss_and_gradients)
+            self.guard.check(*evaluations[0])
         else:
             loss_and_gradients()
-            if self._scaler_skips_overflows or torch.isfinite(evaluations[0][1]):
-                self.optimizer.step()
+            self.guard.update(self.optimizer, *evaluations[0])
         self.optimizer.zero_grad(set_to_none=True)
         return evaluations[0]
 
