@@ -39,8 +39,8 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, fields
-from functools import partial
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import numpy as np
