@@ -17,11 +17,13 @@ from safetensors.torch import load_file
 
 from bench.fault_runs import free_port
 from gpt.base.cli import run_cli
+from gpt.base.errors import UserError
 from gpt.export import _main as export_main
 from gpt.models.gpt import build_model
 from gpt.run.checkpoints import find_damage, saved_model_config
 from gpt.run.folder import list_checkpoints
 from gpt.run.weights import load_trained
+from gpt.training.checkpoint import check_sharding
 
 from .conftest import ROOT, run_python
 from .test_faults import SLOW_SAVES, kill_with_children, started, wait_for
@@ -73,6 +75,16 @@ def test_a_sharded_checkpoint_holds_every_process_shards_under_its_manifest(shar
     assert find_damage(checkpoint) == (
         "sharded/__1_0.distcp is not the file that was written (its SHA-256 differs)"
     )
+
+
+def test_a_sharded_checkpoint_resumes_sharded_only(sharded_run):
+    """Without train.fsdp=true the trainer would find no model state in it: it refuses first."""
+    checkpoint = list_checkpoints(sharded_run)[-1]
+    check_sharding(checkpoint, sharded=True)
+    with pytest.raises(
+        UserError, match=r"saved with train.fsdp=true; resume it with train.fsdp=true"
+    ):
+        check_sharding(checkpoint, sharded=False)
 
 
 def test_the_best_weights_are_gathered_into_one_file_that_loads_unsharded(sharded_run):

@@ -1,7 +1,8 @@
 """Resumable training state on disk: atomic to write, verified before it is trusted.
 
 ``checkpoints/step_XXXXXXX/`` holds the full state that :mod:`accelerate` saves (model, optimizer,
-gradient scaler, each process's RNG state; FSDP writes its sharded state as sub-folders) plus
+gradient scaler, each process's RNG state; with ``train.fsdp`` the model's and optimizer's shards
+in ``sharded/`` instead, :mod:`gpt.training.sharding`) plus
 ``trainer_state.json`` (step, best val loss, the model config, ...). The learning-rate schedule is
 a pure function of the step, so the step is its whole state. The best weights are
 ``model.safetensors`` beside them (:mod:`gpt.run.weights`).
@@ -37,6 +38,7 @@ from gpt.run.folder import CHECKPOINT_PREFIX, CHECKPOINTS_DIR, list_checkpoints,
 from gpt.training.agreement import first_problem
 
 _DAMAGED_PREFIX = "damaged-"
+SHARDED_STATE_DIR = "sharded"  # the shards of a train.fsdp run (gpt.training.sharding)
 
 # What a failed write raises: OSError from Python's own files, RuntimeError from torch.save (on a
 # full disk: "unexpected pos ..."), SafetensorError from safetensors ("I/O error: No space left").
@@ -151,6 +153,19 @@ def check_model_shape(checkpoint: Path, model_config: ModelConfig) -> None:
         raise UserError(
             f"checkpoint {checkpoint} was trained with another model shape ({differences}); use "
             "the checkpoint's model settings, another train.out_dir, or train.resume=never"
+        )
+
+
+def check_sharding(checkpoint: Path, sharded: bool) -> None:
+    """Refuse to resume a sharded checkpoint (``train.fsdp``) unsharded, or the other way round:
+    each holds the model and optimizer state in the other's absence."""
+    saved_sharded = (checkpoint / SHARDED_STATE_DIR).is_dir()
+    if saved_sharded != sharded:
+        saved = "true" if saved_sharded else "false"
+        raise UserError(
+            f"checkpoint {checkpoint} was saved with train.fsdp={saved}; resume it with "
+            f"train.fsdp={saved}, or start a new run with train.resume=never or another "
+            "train.out_dir"
         )
 
 

@@ -47,8 +47,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from gpt.base.config import ModelConfig
 from gpt.models.gpt import build_model
 from gpt.models.lm import LanguageModel
-
-SHARDED_STATE_DIR = "sharded"  # in a checkpoint folder: the model's and optimizer's shards
+from gpt.training.checkpoint import SHARDED_STATE_DIR
 
 
 def sharded_model(

@@ -74,6 +74,7 @@ from gpt.training.agreement import on_main_process
 from gpt.training.checkpoint import (
     WRITE_ERRORS,
     check_model_shape,
+    check_sharding,
     load_checkpoint,
     save_checkpoint,
 )
@@ -619,8 +620,9 @@ class Trainer:
         )
 
     def _check(self, checkpoint: Path) -> None:
-        """Refuse a checkpoint of another model shape or tokenizer (a :class:`UserError`)."""
+        """Refuse a checkpoint of another model shape, tokenizer or sharding (a UserError)."""
         check_model_shape(checkpoint, self.model_config)
+        check_sharding(checkpoint, self.config.train.fsdp)
         self._check_same_tokenizer(checkpoint.parent.parent / TOKENIZER_FILE)
 
     def _restore(self, checkpoint: Path) -> None:
