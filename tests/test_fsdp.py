@@ -77,9 +77,12 @@ def test_a_sharded_checkpoint_holds_every_process_shards_under_its_manifest(shar
     )
 
 
-def test_a_sharded_checkpoint_resumes_sharded_only(sharded_run):
-    """Without train.fsdp=true the trainer would find no model state in it: it refuses first."""
+def test_a_sharded_checkpoint_resumes_sharded_only_and_is_not_sampled(sharded_run):
+    """Without train.fsdp=true the trainer would find no model state in it: it refuses first.
+    Sampling and evaluation, which read one weights file, point to the run's best weights."""
     checkpoint = list_checkpoints(sharded_run)[-1]
+    with pytest.raises(UserError, match=f"use the run's best weights \\({sharded_run}\\)"):
+        load_trained(checkpoint)
     check_sharding(checkpoint, sharded=True)
     with pytest.raises(
         UserError, match=r"saved with train.fsdp=true; resume it with train.fsdp=true"
@@ -95,7 +98,7 @@ def test_the_best_weights_are_gathered_into_one_file_that_loads_unsharded(sharde
         record["val_loss"] for record in read_metrics(sharded_run) if record["kind"] == "eval"
     )
     sharded = {"model": build_model(saved_model_config(checkpoint)).state_dict()}
-    dcp.load(sharded, checkpoint_id=checkpoint / "sharded")  # read whole, by one process
+    dcp.load(sharded, checkpoint_id=checkpoint / "sharded", no_dist=True)  # whole, here
     assert_same_weights(model.state_dict(), sharded["model"])
     with safe_open(str(sharded_run / "model.safetensors"), "pt") as weights:
         stored, metadata = set(weights.keys()), weights.metadata()

@@ -22,7 +22,7 @@ from gpt.run.checkpoints import (
     read_trainer_state,
     saved_model_config,
 )
-from gpt.run.folder import TOKENIZER_FILE, WEIGHTS_FILE
+from gpt.run.folder import SHARDED_STATE_DIR, TOKENIZER_FILE, WEIGHTS_FILE
 from gpt.run.integrity import TOKENIZER_KEY, check_tokenizer, check_weights, sealed
 
 
@@ -178,6 +178,11 @@ def _locate_weights(path: Path) -> tuple[Path, Path | None]:
     """The weights file that ``path`` names, and the checkpoint folder it is in (None for a
     training output folder's best weights)."""
     if (path / TRAINER_STATE_FILE).is_file():
+        if (path / SHARDED_STATE_DIR).is_dir():
+            raise UserError(
+                f"checkpoint {path} holds the shards of a train.fsdp run, not one weights file; "
+                f"use the run's best weights ({path.parent.parent}), or resume the run"
+            )
         return path / WEIGHTS_FILE, path
     if (path / WEIGHTS_FILE).is_file():
         return path / WEIGHTS_FILE, None

@@ -34,11 +34,16 @@ from gpt.base.config import ModelConfig
 from gpt.base.errors import UserError, one_line
 from gpt.base.files import use_default_permissions
 from gpt.run.checkpoints import TRAINER_STATE_FILE, manifest, read_trainer_state, saved_model_config
-from gpt.run.folder import CHECKPOINT_PREFIX, CHECKPOINTS_DIR, list_checkpoints, write_failed
+from gpt.run.folder import (
+    CHECKPOINT_PREFIX,
+    CHECKPOINTS_DIR,
+    SHARDED_STATE_DIR,
+    list_checkpoints,
+    write_failed,
+)
 from gpt.training.agreement import first_problem
 
 _DAMAGED_PREFIX = "damaged-"
-SHARDED_STATE_DIR = "sharded"  # the shards of a train.fsdp run (gpt.training.sharding)
 
 # What a failed write raises: OSError from Python's own files, RuntimeError from torch.save (on a
 # full disk: "unexpected pos ..."), SafetensorError from safetensors ("I/O error: No space left").

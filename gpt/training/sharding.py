@@ -47,7 +47,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from gpt.base.config import ModelConfig
 from gpt.models.gpt import build_model
 from gpt.models.lm import LanguageModel
-from gpt.training.checkpoint import SHARDED_STATE_DIR
+from gpt.run.folder import SHARDED_STATE_DIR
 
 
 def sharded_model(
