@@ -158,6 +158,15 @@ def test_init_from_is_read_by_the_main_process_alone_and_reaches_every_shard(
     assert first["val_loss"] == pytest.approx(best_val_loss, rel=1e-6)
 
 
+def test_one_process_shards_too(shakespeare_char, tmp_path):
+    """``python train.py`` (one GPU, say) forms a process group of one for FSDP."""
+    out = tmp_path / "run"
+    result = run_python(*train_args(shakespeare_char, out, *SHARDED, "train.max_iters=2"))
+    assert result.returncode == 0, result.stderr
+    assert (list_checkpoints(out)[-1] / "sharded" / "__0_0.distcp").is_file()
+    load_trained(out)
+
+
 def test_the_trainer_imports_fsdp_only_when_it_shards():
     """FSDP's modules take over a second to import: unsharded runs never pay for them."""
     check = "import sys, gpt.training.trainer; print('torch.distributed.fsdp' in sys.modules)"

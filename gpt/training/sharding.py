@@ -76,6 +76,7 @@ def sharded_model(
 
 def _shard(model: LanguageModel, accelerator: Accelerator, mixed_precision: str) -> LanguageModel:
     """Apply ``fully_shard`` to each block, then to the model (in place; returns it)."""
+    _form_group_of_one(accelerator)
     mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
     compute_dtype = torch.bfloat16 if mixed_precision == "bf16" else None
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
@@ -83,6 +84,15 @@ def _shard(model: LanguageModel, accelerator: Accelerator, mixed_precision: str)
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
+
+
+def _form_group_of_one(accelerator: Accelerator) -> None:
+    """accelerate forms no process group for a run of one process, and FSDP needs one: such a
+    run (``python train.py``, one GPU) gets a group of its own, in memory."""
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if accelerator.device.type == "cuda" else "gloo"
+        store = torch.distributed.HashStore()
+        torch.distributed.init_process_group(backend, store=store, rank=0, world_size=1)
 
 
 def prepare_sharded(
