@@ -1,7 +1,8 @@
 """The training loop, one code path from a laptop CPU to many GPUs on many machines.
 
 :mod:`accelerate` owns devices, process groups, mixed precision, gradient accumulation (gradients
-are synchronised across processes on the last micro-step only) and the saving of state. This module
+are synchronised across processes on the last micro-step only) and the saving of state; with
+``train.fsdp`` the model is sharded by :mod:`gpt.training.sharding` instead of replicated. This module
 owns what a step means:
 
 * batches come from :class:`gpt.data.tokens.TokenData`, keyed by (seed, step, position in the global batch),
