@@ -56,7 +56,8 @@ TRAIN = ("train.py", CPU_CONFIG, "data.dir={data}", "train.out_dir={work}/out", 
 TRAIN_ON_DAMAGED_DATA = (*TRAIN, "data.dir={work}/data")
 SAMPLE = ("sample.py", "--max-new-tokens", "5")
 FSDP_TWO_PROCESSES = (
-    "--config_file", "configs/accelerate/fsdp.yaml", "--num_processes", "2", "--mixed_precision", "no",
+    "--use_fsdp", "--fsdp_version", "2", "--fsdp_cpu_ram_efficient_loading", "false",
+    "--fsdp_sync_module_states", "false", "--num_processes", "2", "--mixed_precision", "no",
 )  # fmt: skip
 MULTI_CPU_CONFIG = """\
 compute_environment: LOCAL_MACHINE
@@ -376,11 +377,16 @@ CASES = {
     "launch: fp16 on a machine without a GPU": Case(
         (*TRAIN, "train.mixed_precision=fp16"), ("fp16", "bf16 or no"), cpu_only=True
     ),
-    "launch: FSDP on a machine without a GPU": Case(
-        TRAIN, ("FSDP", "cpu_ddp_2proc.yaml"), launch=FSDP_TWO_PROCESSES, cpu_only=True
+    "launch: accelerate's FSDP on a machine without a GPU": Case(
+        TRAIN, ("FSDP", "train.fsdp=true"), launch=FSDP_TWO_PROCESSES, cpu_only=True
     ),
-    "launch: FSDP with train.cpu=true": Case(
-        (*TRAIN, "train.cpu=true"), ("FSDP", "cpu_ddp_2proc.yaml"), launch=FSDP_TWO_PROCESSES
+    "launch: accelerate's FSDP with train.cpu=true": Case(
+        (*TRAIN, "train.cpu=true"), ("FSDP", "train.fsdp=true"), launch=FSDP_TWO_PROCESSES
+    ),
+    "train: train.fsdp=true with fp16": Case(
+        (*TRAIN, "train.fsdp=true", "train.mixed_precision=fp16"),
+        ("train.fsdp=true", "train.mixed_precision=bf16 or no"),
+        cheap=True,
     ),
     "launch: the launch's mixed precision differs from the config's": Case(
         TRAIN,

@@ -1,4 +1,5 @@
-"""Checkpoints on disk: sub-folders, the manifest, and damaged files met on resume.
+"""Checkpoints on disk: the manifest, and damaged files met on resume. (The sub-folders of a
+sharded checkpoint, written by two real FSDP processes, are tests/test_fsdp.py's.)
 
 Damage is done to real checkpoints of a real run, then the real command resumes: a truncated file,
 an emptied one, garbage bytes, and a pickle that would create a file if anything unpickled it.
@@ -13,9 +14,6 @@ import torch
 from accelerate import Accelerator
 
 from bench.injection import empty, garbage, plant_pickle, truncate
-from gpt.base.config import ModelConfig
-from gpt.run.checkpoints import find_damage
-from gpt.training.checkpoint import save_checkpoint
 
 from .test_trainer import run_python, train_args
 
@@ -26,28 +24,6 @@ FIVE_CHECKPOINTS = [
     "train.keep_checkpoints=10",
     "train.eval_interval=5",
 ]
-
-
-def test_a_checkpoint_with_sub_folders_is_written_and_verified(tmp_path):
-    """FSDP's sharded state is written as sub-folders (pytorch_model_fsdp_0/, optimizer_0/)."""
-    accelerator = Accelerator(cpu=True)
-    model = torch.nn.Linear(4, 4)
-    model, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters()))
-
-    def write_shards_like_fsdp(models, weights, output_dir):
-        for folder in ("pytorch_model_fsdp_0", "optimizer_0"):
-            (Path(output_dir) / folder).mkdir()
-            (Path(output_dir) / folder / "__0_0.distcp").write_bytes(b"shard " * 100)
-
-    accelerator.register_save_state_pre_hook(write_shards_like_fsdp)
-    state = {"step": 3, "model_config": ModelConfig().model_dump(mode="json")}
-    checkpoint = save_checkpoint(accelerator, tmp_path, state, keep=2)
-
-    assert checkpoint == tmp_path / "checkpoints" / "step_0000003"
-    assert (checkpoint / "optimizer_0" / "__0_0.distcp").read_bytes() == b"shard " * 100
-    assert find_damage(checkpoint) is None
-    (checkpoint / "optimizer_0" / "__0_0.distcp").write_bytes(b"shard " * 99)
-    assert "optimizer_0/__0_0.distcp" in find_damage(checkpoint)
 
 
 # ----- damaged checkpoints met on resume ---------------------------------------------------------

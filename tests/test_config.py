@@ -33,7 +33,6 @@ def test_the_bundled_configs_exist():
     } <= names
     assert {p.name for p in ACCELERATE_CONFIGS} >= {
         "multi_gpu.yaml",
-        "fsdp.yaml",
         "multi_node.yaml",
         "cpu_ddp_2proc.yaml",
     }

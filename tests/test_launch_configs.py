@@ -5,7 +5,7 @@ this machine allows, launched for real with tests/launch_probe.py, which reports
 type and the process count each process sees. On a machine without GPUs the GPU configs are launched
 with ``--num_processes 2``, which accelerate runs as two CPU processes over gloo; their real GPU
 launches need at least two GPUs and are skipped elsewhere. Launches the trainer must refuse on this
-machine (FSDP on CPUs, several processes asked of the single-process launcher) are launched with
+machine (accelerate's FSDP, several processes asked of the single-process launcher) are launched with
 train.py itself.
 """
 
@@ -76,7 +76,7 @@ def config(name: str) -> str:
 
 def test_every_shipped_config_is_tested_here():
     assert sorted(path.name for path in CONFIGS.glob("*.yaml")) == [
-        "cpu_ddp_2proc.yaml", "fsdp.yaml", "multi_gpu.yaml", "multi_node.yaml",
+        "cpu_ddp_2proc.yaml", "multi_gpu.yaml", "multi_node.yaml",
     ]  # fmt: skip
 
 
@@ -85,7 +85,6 @@ def test_every_shipped_config_is_tested_here():
     [
         ("cpu_ddp_2proc.yaml", "multi_gpu", 2, 1),  # torchrun's launcher: it starts the processes
         ("multi_gpu.yaml", "multi_gpu", 8, 1),
-        ("fsdp.yaml", "use_fsdp", 8, 1),
         ("multi_node.yaml", "multi_gpu", 16, 2),
     ],
 )
@@ -133,11 +132,11 @@ def test_without_train_cpu_a_machine_with_gpus_trains_on_them(monkeypatch):
 
 
 @needs_no_gpu
-@pytest.mark.parametrize("name", ["multi_gpu.yaml", "fsdp.yaml"])
-def test_a_gpu_config_with_two_processes_falls_back_to_gloo_on_cpus(name):
+def test_a_gpu_config_with_two_processes_falls_back_to_gloo_on_cpus():
     reports = probe_reports(
-        "--config_file", config(name), "--num_processes", "2", "--main_process_port", "0"
-    )
+        "--config_file", config("multi_gpu.yaml"), "--num_processes", "2",
+        "--main_process_port", "0",
+    )  # fmt: skip
     assert reports == two_cpu_processes()
 
 
@@ -195,10 +194,10 @@ def test_train_py_runs_as_two_processes_under_the_cpu_config(shakespeare_char, t
 @pytest.mark.parametrize(
     ("flags", "processes", "fragment"),
     [
-        (("--config_file", config("fsdp.yaml"), "--num_processes", "2"), 2, "FSDP"),
+        (("--use_fsdp", "--num_processes", "2", "--mixed_precision", "no"), 2, "train.fsdp=true"),
         (("--num_processes", "2", "--mixed_precision", "no"), 1, "one process"),
     ],
-    ids=["fsdp on cpus", "--num_processes without --multi_gpu"],
+    ids=["accelerate's fsdp", "--num_processes without --multi_gpu"],
 )
 def test_a_launch_that_would_not_do_what_it_says_is_refused(
     shakespeare_char, tmp_path, flags, processes, fragment
@@ -249,17 +248,14 @@ def test_the_cpu_config_stays_on_the_cpu_where_there_are_gpus():
 
 
 @needs_two_gpus
-@pytest.mark.parametrize(
-    ("name", "distributed_type"), [("multi_gpu.yaml", "MULTI_GPU"), ("fsdp.yaml", "FSDP")]
-)
-def test_a_gpu_config_starts_one_process_per_gpu(name, distributed_type):
+def test_the_gpu_config_starts_one_process_per_gpu():
     processes = min(GPUS, 8)
     reports = probe_reports(
-        "--config_file", config(name), "--num_processes", str(processes),
+        "--config_file", config("multi_gpu.yaml"), "--num_processes", str(processes),
         "--main_process_port", "0",
     )  # fmt: skip
     assert reports == [
-        {"distributed_type": distributed_type, "device": "cuda", "process": rank,
+        {"distributed_type": "MULTI_GPU", "device": "cuda", "process": rank,
          "processes": processes}
         for rank in range(processes)
     ]  # fmt: skip

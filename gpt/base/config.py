@@ -242,6 +242,11 @@ class TrainConfig(Section):
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="no | bf16 | fp16")
     tf32: bool = Field(True, description="fp32 matrix products on GPU use TF32 tensor cores")
     compile: bool = Field(False, description="torch.compile the model")
+    fsdp: bool = Field(
+        False,
+        description="shard parameters, gradients and optimizer state over the processes "
+        "(FSDP2, gpt/training/sharding.py), on GPUs or CPUs",
+    )
     resume: str = Field("auto", description="auto | never | a checkpoint folder")
     cpu: bool = Field(False, description="train on the CPU even if a GPU is present")
     init_from: str | None = Field(
@@ -319,6 +324,23 @@ class TrainConfig(Section):
                     "train.optimizer=lbfgs minimises one fixed function by line search, with "
                     f"exact gradients; set {', '.join(missing)}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _sharding_fits(self) -> TrainConfig:
+        if not self.fsdp:
+            return self
+        if self.optimizer in ("muon", "lbfgs"):
+            raise ValueError(
+                f"train.optimizer={self.optimizer} needs whole weight matrices (muon) or one "
+                "process (lbfgs), and train.fsdp=true shards them over the processes; use "
+                "train.optimizer=adamw, or train.fsdp=false"
+            )
+        if self.mixed_precision == "fp16":
+            raise ValueError(
+                "train.fsdp=true trains in fp32 or bf16 (fp16 would need a gradient scaler that "
+                "agrees across the shards); set train.mixed_precision=bf16 or no"
+            )
         return self
 
     @property

@@ -223,6 +223,9 @@ def write_run_file(path: Path, text: str) -> None:
 
 
 CHECKPOINT_PREFIX = "step_"
+SHARDED_STATE_DIR = (
+    "sharded"  # in a checkpoint of a train.fsdp run: the model's and optimizer's shards
+)
 
 
 def write_failed(target: str, reason: str, out_dir: Path) -> UserError:

@@ -22,27 +22,60 @@ from gpt.run.checkpoints import (
     read_trainer_state,
     saved_model_config,
 )
-from gpt.run.folder import TOKENIZER_FILE, WEIGHTS_FILE
+from gpt.run.folder import SHARDED_STATE_DIR, TOKENIZER_FILE, WEIGHTS_FILE
 from gpt.run.integrity import TOKENIZER_KEY, check_tokenizer, check_weights, sealed
 
 
 def save_model(
     path: str | Path, model: LanguageModel, metadata: dict[str, str] | None = None
 ) -> None:
-    """Write ``model``'s weights and config to a safetensors file, atomically.
+    """Write ``model``'s weights and config to a safetensors file, atomically (:func:`save_weights`)."""
+    save_weights(path, model.state_dict(), model.config, metadata)
+
+
+def save_weights(
+    path: str | Path,
+    weights: dict[str, torch.Tensor],
+    config: ModelConfig,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write a model's ``weights`` (its state dict) and ``config`` to a safetensors file, atomically:
+    the one definition of the weights file, which :func:`load_model` reads.
 
     ``metadata`` goes into the file's header beside the config: the trainer records the ``step``
     and ``val_loss`` of the best weights there, and the tokenizer's fingerprint
     (:mod:`gpt.run.integrity`). A digest of it all is added, which :func:`load_model` verifies.
+    A tensor under several names (tied embeddings) is stored once, as ``safetensors.torch.save_model``
+    stores it: under the first of its names in sorted order, each other name recorded in the
+    metadata as naming that one, so loading ties them again.
     """
-    metadata = {**(metadata or {}), "model_config": model.config.model_dump_json()}
-    metadata = sealed(model.state_dict(), metadata)
+    metadata = {**(metadata or {}), "model_config": config.model_dump_json()}
+    metadata = sealed(weights, metadata)
+    stored, aliases = _each_tensor_once(weights)
 
     def write(temporary: Path) -> None:
-        safetensors.torch.save_model(model, str(temporary), metadata=metadata)
+        safetensors.torch.save_file(stored, str(temporary), metadata={**metadata, **aliases})
         use_default_permissions(temporary)
 
     replace_file(Path(path), write)
+
+
+def _each_tensor_once(
+    weights: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors to store, one name each, and each other name of a stored tensor with the name
+    it is stored under."""
+    stored: dict[tuple, str] = {}
+    aliases = {}
+    for name in sorted(weights):
+        tensor = weights[name]
+        identity = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        identity += (tuple(tensor.shape), tuple(tensor.stride()))
+        if identity in stored:
+            aliases[name] = stored[identity]
+        else:
+            stored[identity] = name
+    return {name: weights[name] for name in stored.values()}, aliases
 
 
 def load_model(path: str | Path, config: ModelConfig | None = None) -> LanguageModel:
@@ -145,6 +178,11 @@ def _locate_weights(path: Path) -> tuple[Path, Path | None]:
     """The weights file that ``path`` names, and the checkpoint folder it is in (None for a
     training output folder's best weights)."""
     if (path / TRAINER_STATE_FILE).is_file():
+        if (path / SHARDED_STATE_DIR).is_dir():
+            raise UserError(
+                f"checkpoint {path} holds the shards of a train.fsdp run, not one weights file; "
+                f"use the run's best weights ({path.parent.parent}), or resume the run"
+            )
         return path / WEIGHTS_FILE, path
     if (path / WEIGHTS_FILE).is_file():
         return path / WEIGHTS_FILE, None

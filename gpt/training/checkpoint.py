@@ -1,7 +1,8 @@
 """Resumable training state on disk: atomic to write, verified before it is trusted.
 
 ``checkpoints/step_XXXXXXX/`` holds the full state that :mod:`accelerate` saves (model, optimizer,
-gradient scaler, each process's RNG state; FSDP writes its sharded state as sub-folders) plus
+gradient scaler, each process's RNG state; with ``train.fsdp`` the model's and optimizer's shards
+in ``sharded/`` instead, :mod:`gpt.training.sharding`) plus
 ``trainer_state.json`` (step, best val loss, the model config, ...). The learning-rate schedule is
 a pure function of the step, so the step is its whole state. The best weights are
 ``model.safetensors`` beside them (:mod:`gpt.run.weights`).
@@ -33,7 +34,13 @@ from gpt.base.config import ModelConfig
 from gpt.base.errors import UserError, one_line
 from gpt.base.files import use_default_permissions
 from gpt.run.checkpoints import TRAINER_STATE_FILE, manifest, read_trainer_state, saved_model_config
-from gpt.run.folder import CHECKPOINT_PREFIX, CHECKPOINTS_DIR, list_checkpoints, write_failed
+from gpt.run.folder import (
+    CHECKPOINT_PREFIX,
+    CHECKPOINTS_DIR,
+    SHARDED_STATE_DIR,
+    list_checkpoints,
+    write_failed,
+)
 from gpt.training.agreement import first_problem
 
 _DAMAGED_PREFIX = "damaged-"
@@ -151,6 +158,19 @@ def check_model_shape(checkpoint: Path, model_config: ModelConfig) -> None:
         raise UserError(
             f"checkpoint {checkpoint} was trained with another model shape ({differences}); use "
             "the checkpoint's model settings, another train.out_dir, or train.resume=never"
+        )
+
+
+def check_sharding(checkpoint: Path, sharded: bool) -> None:
+    """Refuse to resume a sharded checkpoint (``train.fsdp``) unsharded, or the other way round:
+    each holds the model and optimizer state in the other's absence."""
+    saved_sharded = (checkpoint / SHARDED_STATE_DIR).is_dir()
+    if saved_sharded != sharded:
+        saved = "true" if saved_sharded else "false"
+        raise UserError(
+            f"checkpoint {checkpoint} was saved with train.fsdp={saved}; resume it with "
+            f"train.fsdp={saved}, or start a new run with train.resume=never or another "
+            "train.out_dir"
         )
 
 

@@ -6,12 +6,15 @@ some combinations run without a complaint but not as asked:
 * several processes asked of accelerate's single-process launcher (``--num_processes 2`` without
   ``--multi_gpu``, several machines without it, or a MULTI_CPU config without mpirun): each
   launcher starts one process that trains alone;
-* FSDP or DeepSpeed on the CPU: accelerate falls back to plain, unsharded DDP;
+* accelerate's FSDP: the trainer shards the model itself (``train.fsdp``, :mod:`gpt.training.sharding`),
+  and accelerate's plugin would shard it a second time (or, on the CPU, fall back to plain DDP);
+* DeepSpeed on the CPU: accelerate falls back to plain, unsharded DDP;
 * fp16 on the CPU: accelerate autocasts to fp16 on GPUs only, so the run trains in fp32;
 * a launch whose mixed precision differs from ``train.mixed_precision``: the trainer passes its
   own setting to accelerate, which then ignores the launch's;
-* Muon (``train.optimizer: muon``) under FSDP or DeepSpeed: each process would hold a shard of
-  every weight matrix, and Muon would orthogonalise the shards instead of the matrices.
+* Muon (``train.optimizer: muon``) under accelerate's FSDP or DeepSpeed: each process would hold a
+  shard of every weight matrix, and Muon would orthogonalise the shards instead of the matrices
+  (the config refuses it with ``train.fsdp`` the same way).
 
 Each of these is refused with a :class:`UserError` naming the fix, before a process group forms
 (so every process of a launch refuses on its own, none waits for the others).
@@ -75,13 +78,19 @@ _SHARDING = (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "Deep
 
 
 def _check_sharding(environ: Mapping[str, str], on_cpu: bool) -> None:
-    for variable, name in _SHARDING:
-        if on_cpu and environ.get(variable, "false").lower() == "true":
-            raise UserError(
-                f"the launch asks for {name}, which shards the model over GPUs, but this run is on "
-                "the CPU (train.cpu=true or no GPU), where accelerate would run plain DDP instead; "
-                "launch on GPUs, or with --config_file configs/accelerate/cpu_ddp_2proc.yaml"
-            )
+    if environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise UserError(
+            "the launch asks for accelerate's FSDP, but this trainer shards the model itself "
+            "(gpt/training/sharding.py), on GPUs and CPUs alike; set train.fsdp=true and launch "
+            "with --multi_gpu (configs/accelerate/multi_gpu.yaml, or cpu_ddp_2proc.yaml on CPUs)"
+        )
+    if on_cpu and environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise UserError(
+            "the launch asks for DeepSpeed, which shards the model over GPUs, but this run is on "
+            "the CPU (train.cpu=true or no GPU), where accelerate would run plain DDP instead; "
+            "launch on GPUs, or with --config_file configs/accelerate/cpu_ddp_2proc.yaml, with "
+            "train.fsdp=true to shard"
+        )
 
 
 def _check_mixed_precision(train: TrainConfig, environ: Mapping[str, str], on_cpu: bool) -> None:

@@ -1,7 +1,8 @@
 """The training loop, one code path from a laptop CPU to many GPUs on many machines.
 
 :mod:`accelerate` owns devices, process groups, mixed precision, gradient accumulation (gradients
-are synchronised across processes on the last micro-step only) and the saving of state. This module
+are synchronised across processes on the last micro-step only) and the saving of state; with
+``train.fsdp`` the model is sharded by :mod:`gpt.training.sharding` instead of replicated. This module
 owns what a step means:
 
 * batches come from :class:`gpt.data.tokens.TokenData`, keyed by (seed, step, position in the global batch),
@@ -47,6 +48,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,7 @@ from gpt.data.tokenizer import tokenizer_fingerprint
 from gpt.data.tokens import BatchSlice, TokenData
 from gpt.interop.pretrained import load_pretrained, pretrained_model_config
 from gpt.models.gpt import build_model
+from gpt.models.lm import LanguageModel
 from gpt.run.folder import (
     RUN_FACTS_FILE,
     TOKENIZER_FILE,
@@ -74,11 +77,12 @@ from gpt.run.folder import (
     write_run_facts,
 )
 from gpt.run.integrity import TOKENIZER_KEY
-from gpt.run.weights import save_model
+from gpt.run.weights import save_weights
 from gpt.training.agreement import on_main_process
 from gpt.training.checkpoint import (
     WRITE_ERRORS,
     check_model_shape,
+    check_sharding,
     load_checkpoint,
     save_checkpoint,
 )
@@ -179,15 +183,10 @@ class Trainer:
         use_tf32(train.tf32)
         self.peak_flops = peak_flops(self.device, train.mixed_precision)
         set_seed(train.seed)
-        if train.init_from is None:
-            model = build_model(self.model_config)
-        else:  # on resume, the checkpoint's weights replace these
-            model = load_pretrained(train.init_from, self.model_config)
-        self.flops_per_token = model.flops_per_token()
-        self.num_params = model.num_params()
-        optimizer = build_optimizer(model, train, self.device)
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.guard = DivergenceGuard(optimizer, self.device, not self._scaler_skips_overflows)
+        self.model, self.optimizer = self._prepared_model_and_optimizer()
+        self.guard = DivergenceGuard(
+            self.optimizer.optimizer, self.device, not self._scaler_skips_overflows
+        )
         self.batches = Prefetcher(self._micro_batch, self.device)
         # Compile the prepared module, so saved state keeps the plain parameter names.
         self.forward = torch.compile(self.model) if train.compile else self.model
@@ -197,6 +196,28 @@ class Trainer:
             self.accelerator, train.wandb, wandb_mode, self.out_dir, self.console.print
         )
         self._stop_signal: int | None = None
+
+    def _prepared_model_and_optimizer(self) -> tuple[LanguageModel, torch.optim.Optimizer]:
+        """The model (fresh, or ``train.init_from``'s weights, which a resume then replaces) and
+        its optimizer, as accelerate prepares them, or sharded (``train.fsdp``)."""
+        train = self.config.train
+        pretrained = None
+        if train.init_from is not None:
+            pretrained = partial(load_pretrained, train.init_from, self.model_config)
+        if train.fsdp:
+            from gpt.training import sharding  # only here: FSDP's modules take 1.5 s to import
+
+            model = sharding.sharded_model(
+                self.accelerator, self.model_config, train.mixed_precision, pretrained
+            )
+        else:
+            model = pretrained() if pretrained else build_model(self.model_config)
+        self.flops_per_token = model.flops_per_token()
+        self.num_params = model.num_params()
+        optimizer = build_optimizer(model, train, self.device)
+        if train.fsdp:
+            return model, sharding.prepare_sharded(self.accelerator, model, optimizer)
+        return self.accelerator.prepare(model, optimizer)
 
     def _vocab_size(self, configured: int | None) -> int:
         if configured is None:
@@ -559,12 +580,15 @@ class Trainer:
         """Write the current weights as ``model.safetensors`` (gathered if sharded), with the step
         and val loss they have, so that sampling can say which weights it uses."""
         self._check_weights_are_finite()
-        state_dict = self.accelerator.get_state_dict(self.model)
-        on_main_process(self.accelerator, lambda: self._write_best_weights(state_dict))
+        if self.config.train.fsdp:
+            from gpt.training.sharding import gathered_weights
 
-    def _write_best_weights(self, state_dict: dict) -> None:
-        model = build_model(self.model_config)
-        model.load_state_dict(state_dict)
+            weights = gathered_weights(self.model)  # every process takes part
+        else:
+            weights = self.accelerator.unwrap_model(self.model).state_dict()
+        on_main_process(self.accelerator, lambda: self._write_best_weights(weights))
+
+    def _write_best_weights(self, weights: dict[str, torch.Tensor]) -> None:
         path = self.out_dir / WEIGHTS_FILE
         saved_at = {
             "step": str(self.state.step),
@@ -572,7 +596,7 @@ class Trainer:
             TOKENIZER_KEY: self.tokenizer_fingerprint,
         }
         try:
-            save_model(path, model, saved_at)
+            save_weights(path, weights, self.model_config, saved_at)
         except WRITE_ERRORS as error:
             raise write_failed(f"the best weights {path}", one_line(error), self.out_dir) from None
 
@@ -644,8 +668,9 @@ class Trainer:
         )
 
     def _check(self, checkpoint: Path) -> None:
-        """Refuse a checkpoint of another model shape or tokenizer (a :class:`UserError`)."""
+        """Refuse a checkpoint of another model shape, tokenizer or sharding (a UserError)."""
         check_model_shape(checkpoint, self.model_config)
+        check_sharding(checkpoint, self.config.train.fsdp)
         self._check_same_tokenizer(checkpoint.parent.parent / TOKENIZER_FILE)
 
     def _restore(self, checkpoint: Path) -> None:
