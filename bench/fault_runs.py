@@ -17,7 +17,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import psutil
 import torch
 from safetensors.torch import load_file
 
+import bench
 from bench import CONFIGS, OFFLINE, ROOT
 from bench.fault_probe import ARMED, BOARD_SIZE, PHASES
 from gpt.run.folder import list_checkpoints
@@ -212,16 +212,8 @@ def start(commands: list[list[str]], log: Path, env: dict[str, str] | None = Non
     processes, logs = [], []
     for machine, command in enumerate(commands):
         name = log.with_name(f"{log.name}-{machine}")
-        with open(name.with_suffix(".out"), "w") as out, open(name.with_suffix(".err"), "w") as err:
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, *command],
-                    cwd=ROOT,
-                    stdout=out,
-                    stderr=err,
-                    env=env or environment(),
-                )
-            )
+        output = (name.with_suffix(".out"), name.with_suffix(".err"))
+        processes.append(bench.start_python(command, env or environment(), output))
         logs.append(name)
     return Started(processes, logs)
 

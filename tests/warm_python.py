@@ -11,8 +11,10 @@ for an uncaught KeyboardInterrupt), threads joined and atexit handlers run at th
 
 What a fork cannot reproduce runs cold, in a fresh interpreter: an environment that changes what is
 read at start-up (``PYTHON*``, ``TORCH*``, thread counts, ``LD_*``: see ``STARTUP_PREFIXES``), a
-command line other than ``SCRIPT ...``, ``-m MODULE ...`` or ``-c CODE ...``, and everything when
-``WARM_PYTHON=0``. Tests that signal a command, or watch it while it runs, start it themselves.
+command line other than ``SCRIPT ...``, ``-m MODULE ...`` or ``-c CODE ...``, accelerate's launcher
+(a forked process keeps its parent's command line, and the trainer tells the launcher by its
+command line), and everything when ``WARM_PYTHON=0``. Commands are started and signalled too
+(:meth:`WarmPython.start` gives what tests use of a ``subprocess.Popen``).
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ class WarmPython:
         if os.environ.get("WARM_PYTHON") == "0" or not args:
             return False
         if args[0] in ("-m", "-c"):
-            if len(args) < 2:
+            if len(args) < 2 or args[:2] == ["-m", "accelerate.commands.launch"]:
                 return False
         elif args[0].startswith("-"):
             return False
