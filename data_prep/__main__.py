@@ -32,8 +32,12 @@ from gpt.base.folder_lock import hold_folder
 def run(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     _check_dataset_flags(args)
-    if args.num_proc < 1:
-        raise UserError(f"--num-proc {args.num_proc} must be at least 1")
+    cores = os.cpu_count() or 1
+    if not 1 <= args.num_proc <= cores:  # a thread each: more than the cores only costs memory
+        raise UserError(
+            f"--num-proc {args.num_proc} must be at least 1 and at most this machine's {cores} "
+            "cores; leave it out to use them all"
+        )
     if args.bpe_sample_mb < 1:
         raise UserError(f"--bpe-sample-mb {args.bpe_sample_mb} must be at least 1")
     _use_threads(args.num_proc)

@@ -53,6 +53,7 @@ from pydantic import ValidationError
 from gpt.base.config import ModelConfig
 from gpt.base.downloads import gpt2_download_command
 from gpt.base.errors import UserError
+from gpt.base.paths import why_not
 from gpt.data.tokenizer import END_OF_TEXT, Tokenizer, load_tokenizer, tokenizer_fingerprint
 from gpt.data.tokens import read_meta
 from gpt.models.gpt import GPT
@@ -413,7 +414,7 @@ def read_hf_config(path: Path, model_types: dict[str, str] | None = None) -> dic
     )
     if not path.is_dir():
         raise UserError(
-            f"model folder {path} does not exist; download one on a machine with internet: "
+            f"model folder {path} {why_not(path, 'folder')}; download one on a machine with internet: "
             f"{download}"
         )
     config_file = path / CONFIG_FILE

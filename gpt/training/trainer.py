@@ -54,6 +54,7 @@ from gpt.data.tokenizer import tokenizer_fingerprint
 from gpt.data.tokens import BatchSlice, TokenData
 from gpt.interop.pretrained import load_pretrained, pretrained_model_config
 from gpt.models.gpt import build_model
+from gpt.models.size import check_fits_in_memory
 from gpt.run.folder import (
     RUN_FACTS_FILE,
     TOKENIZER_FILE,
@@ -170,6 +171,7 @@ class Trainer:
         use_tf32(train.tf32)
         self.peak_flops = peak_flops(self.device, train.mixed_precision)
         set_seed(train.seed)
+        check_fits_in_memory(self.model_config)
         if train.init_from is None:
             model = build_model(self.model_config)
         else:  # on resume, the checkpoint's weights replace these
