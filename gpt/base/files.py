@@ -25,7 +25,7 @@ def replace_file(path: Path, write: Callable[[Path], None]) -> None:
         write(temporary)
         os.replace(temporary, path)
     except OSError as error:  # name the file the user asked for, not its temporary name
-        if error.filename == str(temporary):
+        if error.filename in (str(temporary), None):  # None: a write through an open file
             error.filename = str(path)
         raise
     finally:
@@ -62,7 +62,8 @@ def staging_folder(out: Path) -> Iterator[Path]:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        yield staging
+        with naming(out):  # a write through an open file names no file: name the folder
+            yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # a no-op once published
 
