@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -127,3 +128,19 @@ def use_default_permissions(path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     path.chmod(0o666 & ~umask)
+
+
+def save_safetensors(tensors: dict, path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' ``save_file``, but a failed write is raised as the OSError it is, naming
+    ``path``: safetensors reports one as ``SafetensorError("... I/O error: No space left on
+    device (os error 28)")``, which names no file and which the command's edge would not know."""
+    import safetensors.torch  # imports torch: only where weights are written
+
+    try:
+        safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    except safetensors.SafetensorError as error:
+        code = re.search(r"\(os error (\d+)\)", str(error))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number), str(path)) from None
