@@ -328,7 +328,7 @@ def kill_rerun_table(result: dict) -> str:
     rows = []
     for command in dict.fromkeys(t["command"] for t in result["trials"]):
         here = [t for t in result["trials"] if t["command"] == command]
-        staging = sum(t["landed"] == "while staging" for t in here)
+        staging = sum(t["landed"] == "staging" for t in here)
         rows.append([command, f"{sum(t['survived'] for t in here)}/{len(here)}", str(staging)])
     return format_table(
         ["killed, then again", "succeeded, nothing left", "kills while staging"], rows
