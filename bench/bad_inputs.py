@@ -274,9 +274,9 @@ CASES = {
         damage=write_file("pictures/.hidden", "not a corpus"),
         cheap=True,
     ),
-    "prep: --num-proc more than the machine's cores": Case(
+    "prep: --num-proc beyond any machine's cores": Case(
         (*PREP_TEXT, "--num-proc", "100000000"),
-        ("--num-proc 100000000", "at most this machine's", "leave it out"),
+        ("--num-proc 100000000", "at most 256", "leave it out"),
         cheap=True,
     ),
     "prep: --val-fraction nan": Case(
