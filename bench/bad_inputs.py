@@ -1,4 +1,4 @@
-"""Bad input, across the three commands: the table of cases, each refused with one line and exit
+"""Bad input, across every command: the table of cases, each refused with one line and exit
 code 2, and how a case is run and checked (tests/test_bad_inputs.py and the fault campaign,
 ``python -m bench.faults``, both run it).
 
@@ -89,6 +89,16 @@ def write_file(name: str, content: str | bytes) -> Damage:
         path = work / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content.encode() if isinstance(content, str) else content)
+
+    return damage
+
+
+def symlink_loop(name: str) -> Damage:
+    """``work/NAME`` a symbolic link to ``work/NAME.other``, which links back to it."""
+
+    def damage(work: Path, data: Path, out: Path) -> None:
+        (work / name).symlink_to(work / f"{name}.other")
+        (work / f"{name}.other").symlink_to(work / name)
 
     return damage
 
@@ -247,6 +257,41 @@ CASES = {
         damage=write_file("rows.jsonl", '{"text": "hello"}\n{"text": "world"}\n'),
         cheap=True,
     ),
+    "prep: --input a symbolic link loop": Case(
+        (*PREP, "--input", "{work}/loop", "--out", "{work}/prepared"),
+        ("loop is a symbolic link that leads nowhere", "check the path"),
+        damage=symlink_loop("loop"),
+        cheap=True,
+    ),
+    "prep: --input an empty file": Case(
+        (*PREP, "--input", "{work}/empty.txt", "--out", "{work}/prepared"),
+        ("the corpus is empty", "give it some text"),
+        damage=write_file("empty.txt", ""),
+        cheap=True,
+    ),
+    "prep: --input a folder without text files": Case(
+        (*PREP, "--input", "{work}/pictures", "--out", "{work}/prepared"),
+        ("holds no text files", "put text files in it"),
+        damage=write_file("pictures/.hidden", "not a corpus"),
+        cheap=True,
+    ),
+    "prep: --num-proc beyond any machine's cores": Case(
+        (*PREP_TEXT, "--num-proc", "100000000"),
+        ("--num-proc 100000000", "at most 256", "leave it out"),
+        cheap=True,
+    ),
+    "prep: --val-fraction nan": Case(
+        (*PREP_TEXT, "--val-fraction", "nan"), ("--val-fraction nan", "between 0 and 1"), cheap=True
+    ),
+    "prep: a negative --vocab-size": Case(
+        (*PREP_TEXT, "--vocab-size", "-5"), ("--vocab-size -5", "or leave it out"), cheap=True
+    ),
+    "prep: --tokenizer a folder without tokenizer.json": Case(
+        (*PREP_TEXT, "--tokenizer", "{work}/empty_folder"),
+        ("holds no tokenizer.json", "give a data_prep folder"),
+        damage=write_file("empty_folder/notes.txt", "no tokenizer here"),
+        cheap=True,
+    ),
     # train.py: the command line and the config
     "train: no config": Case(("train.py",), ("required: config", "--help"), cheap=True),
     "train: an unknown option": Case(
@@ -310,6 +355,284 @@ CASES = {
     ),
     "train: a bad WANDB_MODE": Case(
         TRAIN[:-1], ("WANDB_MODE='loud'", "disabled, offline, online"), env={"WANDB_MODE": "loud"}
+    ),
+    "train: a NaN learning rate": Case(
+        (*TRAIN, "train.learning_rate=nan"),
+        (
+            "'train.learning_rate'",
+            "finite number",
+        ),
+        cheap=True,
+    ),
+    "train: an infinite learning rate": Case(
+        (*TRAIN, "train.learning_rate=inf"),
+        (
+            "'train.learning_rate'",
+            "finite number",
+        ),
+        cheap=True,
+    ),
+    "train: an infinite model.rope_base": Case(
+        (*TRAIN, "model.rope=true", "model.rope_base=.inf"),
+        (
+            "'model.rope_base'",
+            "finite number",
+        ),
+        cheap=True,
+    ),
+    "train: a NaN model.norm_eps": Case(
+        (*TRAIN, "model.norm_eps=nan"),
+        (
+            "'model.norm_eps'",
+            "finite number",
+        ),
+        cheap=True,
+    ),
+    "train: a zero model.norm_eps": Case(
+        (*TRAIN, "model.norm_eps=0"),
+        (
+            "'model.norm_eps'",
+            "greater than 0",
+        ),
+        cheap=True,
+    ),
+    "train: an infinite train.grad_clip": Case(
+        (*TRAIN, "train.grad_clip=inf"),
+        (
+            "'train.grad_clip'",
+            "finite number",
+        ),
+        cheap=True,
+    ),
+    "train: an infinite model.init_scale": Case(
+        (*TRAIN, "model.init_scale=inf"),
+        (
+            "'model.init_scale'",
+            "finite number",
+        ),
+        cheap=True,
+    ),
+    "train: an infinite distributed timeout": Case(
+        (*TRAIN, "train.distributed_timeout_minutes=inf"),
+        (
+            "'train.distributed_timeout_minutes'",
+            "finite number",
+        ),
+        cheap=True,
+    ),
+    "train: a distributed timeout of ages": Case(
+        (*TRAIN, "train.distributed_timeout_minutes=1e30"),
+        (
+            "'train.distributed_timeout_minutes'",
+            "less than or equal to 10080",
+        ),
+        cheap=True,
+    ),
+    "train: a seed too large for the RNGs": Case(
+        (*TRAIN, "train.seed=100000000000000000000"),
+        (
+            "'train.seed'",
+            "less than or equal to 4294967295",
+        ),
+        cheap=True,
+    ),
+    "train: a negative seed": Case(
+        (*TRAIN, "train.seed=-1"),
+        (
+            "'train.seed'",
+            "greater than or equal to 0",
+        ),
+        cheap=True,
+    ),
+    "train: a boolean for a number of layers": Case(
+        (*TRAIN, "model.n_layer=true"),
+        (
+            "'model.n_layer'",
+            "a boolean where a number",
+        ),
+        cheap=True,
+    ),
+    "train: a fractional number of layers": Case(
+        (*TRAIN, "model.n_layer=1.5"),
+        (
+            "'model.n_layer'",
+            "fractional part",
+        ),
+        cheap=True,
+    ),
+    "train: a zero model.mlp_width": Case(
+        (*TRAIN, "model.mlp_width=0"),
+        (
+            "'model.mlp_width'",
+            "greater than 0",
+        ),
+        cheap=True,
+    ),
+    "train: a zero model.head_dim": Case(
+        (*TRAIN, "model.head_dim=0"),
+        (
+            "'model.head_dim'",
+            "greater than 0",
+        ),
+        cheap=True,
+    ),
+    "train: model.n_kv_head not dividing n_head": Case(
+        (*TRAIN, "model.n_kv_head=4"),
+        ("model.n_kv_head (4) must divide model.n_head (2)",),
+        cheap=True,
+    ),
+    "train: RoPE with an odd head width": Case(
+        (*TRAIN, "model.rope=true", "model.head_dim=7"),
+        (
+            "rotates pairs",
+            "must be even",
+        ),
+        cheap=True,
+    ),
+    "train: model.norm=batch in a GPT": Case(
+        (*TRAIN, "model.norm=batch"),
+        (
+            "model.norm=batch is for the CNN",
+            "model.norm=layer",
+        ),
+        cheap=True,
+    ),
+    "train: an unknown model.activation": Case(
+        (*TRAIN, "model.activation=relu"),
+        (
+            "'model.activation'",
+            "'swiglu'",
+        ),
+        cheap=True,
+    ),
+    "train: model.qk_norm not a boolean": Case(
+        (*TRAIN, "model.qk_norm=maybe"),
+        (
+            "'model.qk_norm'",
+            "valid boolean",
+        ),
+        cheap=True,
+    ),
+    "train: model.tie_embeddings not a boolean": Case(
+        (*TRAIN, "model.tie_embeddings=2"),
+        (
+            "'model.tie_embeddings'",
+            "valid boolean",
+        ),
+        cheap=True,
+    ),
+    "train: a GPT option for the MLP baseline": Case(
+        (*TRAIN, "model.arch=mlp", "model.rope=true"),
+        (
+            "model.rope are options of model.arch=gpt",
+            "remove them",
+        ),
+        cheap=True,
+    ),
+    "train: Muon's keys without Muon": Case(
+        (*TRAIN, "train.muon_learning_rate=0.05"),
+        (
+            "train.muon_learning_rate are for train.optimizer=muon",
+            "remove them",
+        ),
+        cheap=True,
+    ),
+    "train: a Muon momentum of 1": Case(
+        (*TRAIN, "train.optimizer=muon", "train.muon_momentum=1"),
+        (
+            "'train.muon_momentum'",
+            "less than 1",
+        ),
+        cheap=True,
+    ),
+    "train: an infinite Muon learning rate": Case(
+        (*TRAIN, "train.optimizer=muon", "train.muon_learning_rate=inf"),
+        (
+            "'train.muon_learning_rate'",
+            "finite number",
+        ),
+        cheap=True,
+    ),
+    "train: SGD's momentum with Muon": Case(
+        (*TRAIN, "train.optimizer=muon", "train.momentum=0.9"),
+        (
+            "train.momentum is for train.optimizer=sgd",
+            "remove it",
+        ),
+        cheap=True,
+    ),
+    "train: an empty train.resume": Case(
+        (*TRAIN, "train.resume="),
+        (
+            "train.resume='' names nothing",
+            "use auto, never",
+        ),
+        cheap=True,
+    ),
+    "train: min_lr above the learning rate": Case(
+        (*TRAIN, "train.min_lr=0.1"),
+        (
+            "train.min_lr (0.1) must not exceed",
+            "train.learning_rate",
+        ),
+        cheap=True,
+    ),
+    "train: warmup longer than the decay": Case(
+        (*TRAIN, "train.warmup_iters=10", "train.lr_decay_iters=5"),
+        (
+            "train.warmup_iters (10) must not exceed",
+            "lower one or raise the other",
+        ),
+        cheap=True,
+    ),
+    "train: L-BFGS without its settings": Case(
+        (*TRAIN, "train.optimizer=lbfgs"),
+        (
+            "train.optimizer=lbfgs",
+            "set train.full_batch=true",
+        ),
+        cheap=True,
+    ),
+    "train: a section given a value": Case(
+        (*TRAIN, "model=3"),
+        (
+            "'model'",
+            "valid dictionary",
+        ),
+        cheap=True,
+    ),
+    "train: a config path that is a folder": Case(
+        ("train.py", "{work}/configs"),
+        ("configs is a folder, not a file", "configs/*.yaml"),
+        damage=write_file("configs/a.yaml", "train: {}\n"),
+        cheap=True,
+    ),
+    "train: a config path that is a symbolic link loop": Case(
+        ("train.py", "{work}/loop.yaml"),
+        ("loop.yaml is a symbolic link that leads nowhere", "configs/*.yaml"),
+        damage=symlink_loop("loop.yaml"),
+        cheap=True,
+    ),
+    "train: a config that is a list": Case(
+        ("train.py", "{work}/list.yaml"),
+        ("list.yaml must hold a mapping", "data, model and train sections"),
+        damage=write_file("list.yaml", "- 1\n- 2\n"),
+        cheap=True,
+    ),
+    "train: more layers than the machine's memory holds": Case(
+        (*TRAIN, "model.n_layer=1000000000"),
+        ("parameters", "more than this machine's", "make model.n_layer"),
+    ),
+    "train: a width no machine can hold": Case(
+        (*TRAIN, "model.n_embd=1000000000", "model.n_head=1"),
+        ("larger than any machine can hold", "make model.n_embd"),
+    ),
+    "train: data.dir a file": Case(
+        (*TRAIN, "data.dir={corpus}"), ("corpus.txt is a file, not a folder", "fix data.dir")
+    ),
+    "train: train.init_from a file": Case(
+        (*TRAIN, "train.init_from={corpus}"),
+        ("corpus.txt is a file, not a folder", "hf download"),
     ),
     # train.py: damaged data folders
     "data: the folder is missing": Case(
@@ -431,6 +754,22 @@ CASES = {
     "sample: a missing checkpoint": Case(
         (*SAMPLE, "--checkpoint", "{work}/none"), ("does not exist", "training output folder")
     ),
+    "sample: no new tokens": Case(
+        (*SAMPLE, "--checkpoint", "{out}", "--max-new-tokens", "0"),
+        ("max-new-tokens must be 1 or more (got 0)",),
+    ),
+    "sample: --top-k 0": Case(
+        (*SAMPLE, "--checkpoint", "{out}", "--top-k", "0"),
+        ("top-k must be 1 or more (got 0)", "leave it unset"),
+    ),
+    "sample: a prompt the tokenizer cannot encode": Case(
+        (*SAMPLE, "--checkpoint", "{out}", "--prompt", "\u20ac"),
+        ("does not know: '\u20ac'", "remove or replace them"),
+    ),
+    "sample: --checkpoint a file": Case(
+        (*SAMPLE, "--checkpoint", "{corpus}"),
+        ("corpus.txt is a file, not a folder", "pass a training output folder"),
+    ),
     # sample.py: damaged output folders
     "out: truncated weights": Case(
         (*SAMPLE, "--checkpoint", "{work}/out"),
@@ -465,6 +804,61 @@ CASES = {
             "tokenizer.json of the data the model was trained",
         ),
         damaged_out(another_tokenizer("\n" + "".join(map(chr, range(32, 123))))),
+    ),
+    # gpt.evaluate
+    "evaluate: an unknown --split": Case(
+        ("-m", "gpt.evaluate", "{out}", "--split", "dev"), ("invalid choice: 'dev'", "--help")
+    ),
+    "evaluate: --batch-size 0": Case(
+        ("-m", "gpt.evaluate", "{out}", "--batch-size", "0"), ("--batch-size 0", "at least 1")
+    ),
+    "evaluate: OUT_DIR a file": Case(
+        ("-m", "gpt.evaluate", "{corpus}"), ("is not a folder", "pass a training output folder")
+    ),
+    "evaluate: a folder without weights": Case(
+        ("-m", "gpt.evaluate", "{work}/empty"),
+        ("holds no model.safetensors", "pass a training output folder"),
+        damage=write_file("empty/notes.txt", "no run here"),
+    ),
+    # gpt.export
+    "export: an unknown format": Case(
+        ("-m", "gpt.export", "{out}", "--to", "onnx", "{work}/hf"),
+        ("invalid choice: 'onnx'", "--help"),
+    ),
+    "export: DIR a file": Case(
+        ("-m", "gpt.export", "{out}", "--to", "hf", "{work}/a_file"),
+        ("a_file is a file, not a folder", "choose another DIR"),
+        damage=write_file("a_file", "not a folder"),
+    ),
+    "export: a missing run": Case(
+        ("-m", "gpt.export", "{work}/none", "--to", "hf", "{work}/hf"),
+        ("none does not exist", "pass a training output folder"),
+    ),
+    # gpt.report
+    "report: a missing run folder": Case(
+        ("-m", "gpt.report", "{work}/none"),
+        ("none is not a folder", "pass training output folders"),
+        cheap=True,
+    ),
+    "report: metrics.jsonl that is not UTF-8": Case(
+        ("-m", "gpt.report", "{work}/run", "--out", "{work}/report"),
+        ("metrics.jsonl is not UTF-8 text", "restore the run's metrics.jsonl"),
+        damage=write_file("run/metrics.jsonl", b"\xff\xfe{"),
+        cheap=True,
+    ),
+    # gpt.sweep
+    "sweep: a missing sweep file": Case(
+        ("-m", "gpt.sweep", "{work}/none.yaml"), ("none.yaml does not exist", "configs/experiments")
+    ),
+    "sweep: a sweep file that is not UTF-8": Case(
+        ("-m", "gpt.sweep", "{work}/sweep.yaml"),
+        ("sweep.yaml is not UTF-8 text", "save it as UTF-8"),
+        damage=write_file("sweep.yaml", b"\xff\xfe runs"),
+    ),
+    "sweep: a sweep file without its keys": Case(
+        ("-m", "gpt.sweep", "{work}/sweep.yaml", "--plan"),
+        ("'description' is missing", "'base' is missing"),
+        damage=write_file("sweep.yaml", "runs:\n  a: {}\n"),
     ),
 }
 

@@ -33,10 +33,10 @@ uninterrupted run of the same configuration. The parts (``--only`` runs some of 
   written (slowed down); then the same command. (The evaluation that a stopped run does on its way
   out, off the schedule, is left out of the comparison.)
 * bad-inputs: the bad-input table of bench/bad_inputs.py, each case checked as tests/test_bad_inputs.py does.
-* two-runs, untrusted, read-only, kill-rerun: faults on folders and files (bench/folder_faults.py):
-  a second run on a folder in use, damaged weights and swapped tokenizers given to every reader,
-  a read-only filesystem under every command that writes, data_prep and export SIGKILLed and run
-  again.
+* two-runs, untrusted, read-only, kill-rerun, full-disk-commands: faults on folders and files
+  (bench/folder_faults.py): a second run on a folder in use, damaged weights and swapped
+  tokenizers given to every reader, a read-only and a full filesystem under every command that
+  writes, data_prep and export SIGKILLed and run again.
 
 ``--trials`` is the number of kill trials of each configuration; the rarer faults get a tenth of it.
 """
@@ -91,6 +91,8 @@ from bench.fault_runs import (
     without_stop_evaluations,
 )
 from bench.folder_faults import (
+    full_disk_commands_table,
+    full_disk_commands_trials,
     kill_rerun_table,
     kill_rerun_trials,
     read_only_table,
@@ -754,10 +756,15 @@ PARTS = {
     "kill-rerun": Part(
         "data_prep and export SIGKILLed, then the same command", kill_rerun_trials, kill_rerun_table
     ),
+    "full-disk-commands": Part(
+        "a full filesystem, for every command that writes",
+        full_disk_commands_trials,
+        full_disk_commands_table,
+    ),
 }
 QUICK_PARTS = (
     "kills-1", "damage-1", "full-disk", "wandb", "ctrl-c", "bad-inputs",
-    "two-runs", "untrusted", "read-only", "kill-rerun",
+    "two-runs", "untrusted", "read-only", "kill-rerun", "full-disk-commands",
 )  # fmt: skip
 
 

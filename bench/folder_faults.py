@@ -10,7 +10,11 @@
   a read-only filesystem (``unshare -rm``; skipped where that is not allowed): one line, nothing
   left behind;
 * kill-rerun: data_prep and gpt.export SIGKILLed at a random instant, then the same command: it
-  must succeed and leave the output folder alone, no staging folder, no lock.
+  must succeed and leave the output folder alone, no staging folder, no lock;
+* full-disk-commands: every command that writes (train.py, data_prep, gpt.export, gpt.evaluate
+  --json, gpt.report) onto a real filesystem that is full but for a few KiB (a tmpfs filled by a
+  file, ``unshare -rm``): one line naming the file and the space left, nothing left behind.
+  (gpt.sweep writes through train.py and gpt.evaluate --json, which are tried here.)
 
 Every refusal is checked the same way: exit code 2, nothing on stdout, one ``error: ...`` line on
 stderr and no traceback.
@@ -33,6 +37,7 @@ from bench.fault_runs import ONE, Campaign, conclude, environment, say, tally
 from bench.injection import (
     can_mount_a_small_disk,
     flip_last_byte,
+    full_tmpfs,
     read_only_bind,
     read_only_tmpfs,
     run_with_mount,
@@ -323,8 +328,103 @@ def kill_rerun_table(result: dict) -> str:
     rows = []
     for command in dict.fromkeys(t["command"] for t in result["trials"]):
         here = [t for t in result["trials"] if t["command"] == command]
-        staging = sum(t["landed"] == "while staging" for t in here)
+        staging = sum(t["landed"] == "staging" for t in here)
         rows.append([command, f"{sum(t['survived'] for t in here)}/{len(here)}", str(staging)])
     return format_table(
         ["killed, then again", "succeeded, nothing left", "kills while staging"], rows
+    )
+
+
+# ----- a full filesystem under every command that writes -----------------------------------------
+
+
+DISK_KIB = 65536  # the tmpfs: room for a copy of the run, then filled up but for a few KiB
+
+
+def full_disk_commands(campaign: Campaign, run: Path, disk: Path) -> dict[str, list[str]]:
+    """Each command that writes, writing onto ``disk`` (gpt.evaluate --json into a copy of
+    ``run`` there, which the mount puts in place before the disk is filled)."""
+    return {
+        "train.py": campaign.train(ONE, disk / "new-run", *SHORT),
+        "data_prep": ["-m", "data_prep", "--input", str(CORPUS), "--out", str(disk / "data")],
+        "gpt.export": ["-m", "gpt.export", str(run), "--to", "hf", str(disk / "hf")],
+        "gpt.evaluate --json": [
+            "-m",
+            "gpt.evaluate",
+            str(disk / "run"),
+            "--split",
+            "val",
+            "--json",
+        ],
+        "gpt.report": ["-m", "gpt.report", str(run), "--out", str(disk / "report")],
+    }
+
+
+def full_disk_commands_trials(campaign: Campaign, plan: Plan) -> dict:
+    """The space left is drawn from 0-32 KiB for each trial (0 for gpt.evaluate --json, whose
+    file is smaller than that): the disk fills at different writes."""
+    work = campaign.folder("full-disk-commands")
+    disk = work / "disk"
+    disk.mkdir()
+    if not can_mount_a_small_disk(disk):
+        return {"skipped": "cannot mount a filesystem here (needs unshare and user namespaces)"}
+    run = trained(campaign, work / "run")
+    seeds = random.Random(plan.seed)
+    trials = []
+    for _ in range(1 if plan.quick else plan.few):
+        for command, args in full_disk_commands(campaign, run, disk).items():
+            free_kib = 0 if command == "gpt.evaluate --json" else seeds.randint(0, 32)
+            listing = work / f"listing-{len(trials)}"
+            mount = full_tmpfs(disk, DISK_KIB, free_kib, run if "evaluate" in command else None)
+            result = run_with_mount(mount, args, disk, listing, env=environment())
+            problems = refusal_problems(result, "No space left on device", "free on its disk")
+            if command == "train.py":  # its progress goes to stdout, and its folder stays to resume
+                problems = [problem for problem in problems if "not one error line" not in problem]
+                problems += one_error_line_last(result)
+            expected = {"filler", "run" if "evaluate" in command else "new-run"}
+            paths = [Path(line).relative_to(disk) for line in listing.read_text().split()]
+            left = {path.parts[0] for path in paths} | {
+                f"a half file {path}" for path in paths if ".tmp" in path.name
+            }
+            if "evaluate" in command:
+                left |= set() if listing_matches_run(listing, disk, run) else {"run (changed)"}
+            if left - expected:
+                problems.append(f"left behind: {sorted(left - expected)}")
+            if problems:
+                problems.append(f"stderr: {result.stderr[-400:]!r}")
+            trials.append({"command": command, "free_kib": free_kib, "survived": not problems,
+                           "problems": problems})  # fmt: skip
+            say(command, trials[-1], f"onto a full filesystem, {free_kib} KiB free")
+    if all(trial["survived"] for trial in trials):
+        shutil.rmtree(work)
+    return tally(trials, "one line naming the file and the space left; nothing left behind")
+
+
+def one_error_line_last(result: subprocess.CompletedProcess) -> list[str]:
+    """What is wrong with ``result`` as a run stopped by an error: exit 2, no traceback, and its
+    last line on stderr the one error line."""
+    lines = result.stderr.splitlines()
+    if result.returncode == 2 and lines and lines[-1].startswith("error: "):
+        return [] if "Traceback" not in result.stderr else ["a traceback"]
+    return [f"not stopped by one error line: exit {result.returncode}"]
+
+
+def listing_matches_run(listing: Path, disk: Path, run: Path) -> bool:
+    """Whether the copy of ``run`` on the disk holds the run's files and no others."""
+    copied = {Path(line).relative_to(disk / "run") for line in listing.read_text().split()
+              if Path(line).is_relative_to(disk / "run")} - {Path(".")}  # fmt: skip
+    return copied == {path.relative_to(run) for path in run.rglob("*")}
+
+
+def full_disk_commands_table(result: dict) -> str:
+    if "skipped" in result:
+        return f"skipped: {result['skipped']}"
+    rows = []
+    for command in dict.fromkeys(t["command"] for t in result["trials"]):
+        here = [t for t in result["trials"] if t["command"] == command]
+        free = sorted(t["free_kib"] for t in here)
+        rows.append([command, f"{sum(t['survived'] for t in here)}/{len(here)}",
+                     f"{free[0]}-{free[-1]}"])  # fmt: skip
+    return format_table(
+        ["command onto a full filesystem", "one line, nothing left", "KiB free"], rows
     )

@@ -112,3 +112,15 @@ def read_only_bind(folder: Path) -> str:
     """``folder`` itself made read-only (as a copy on a read-only share would be)."""
     quoted = shlex.quote(str(folder))
     return f"mount --bind {quoted} {quoted} && mount -o remount,bind,ro {quoted}"
+
+
+def full_tmpfs(disk: Path, kib: int, free_kib: int, copy: Path | None = None) -> str:
+    """The mount command of a ``kib`` KiB filesystem at ``disk`` holding a copy of ``copy`` (if
+    given) and a file ``filler`` that leaves ``free_kib`` KiB free: a real full disk."""
+    where = shlex.quote(str(disk))
+    filler = shlex.quote(str(disk / "filler"))
+    steps = [f"mount -t tmpfs -o size={kib}k tmpfs {where}"]
+    if copy is not None:
+        steps.append(f"cp -a {shlex.quote(str(copy))} {where}/")
+    steps.append(f"{{ cat /dev/zero > {filler} 2>/dev/null; truncate -s -{free_kib}k {filler}; }}")
+    return " && ".join(steps)

@@ -28,12 +28,19 @@ from gpt.base.cli import run_cli
 from gpt.base.errors import UserError
 from gpt.base.folder_lock import hold_folder
 
+# A thread each; more than the cores gains nothing, and 100 million threads took a machine down.
+# A fixed bound, not the cores, so that a command line means the same on every machine.
+MAX_THREADS = 256
+
 
 def run(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     _check_dataset_flags(args)
-    if args.num_proc < 1:
-        raise UserError(f"--num-proc {args.num_proc} must be at least 1")
+    if not 1 <= args.num_proc <= MAX_THREADS:
+        raise UserError(
+            f"--num-proc {args.num_proc} must be at least 1 and at most {MAX_THREADS} (this "
+            f"machine has {os.cpu_count()} cores); leave it out to use them all"
+        )
     if args.bpe_sample_mb < 1:
         raise UserError(f"--bpe-sample-mb {args.bpe_sample_mb} must be at least 1")
     _use_threads(args.num_proc)

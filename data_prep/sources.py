@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt.base.errors import UserError, one_line
+from gpt.base.paths import why_not
 
 CHUNK_CHARS = 1 << 16  # a chunk: about 64 kB of text
 READ_BYTES = 1 << 16  # how much of a file is read at a time
@@ -210,7 +211,7 @@ def _expand_input(entry: str, exclude: Sequence[str]) -> list[tuple[Path, str | 
         if not any(reason is None for _, reason in files):
             raise UserError(f"--input pattern {entry!r} matches no text files; check the pattern")
         return files
-    raise UserError(f"--input {entry} does not exist; check the path")
+    raise UserError(f"--input {entry} {why_not(Path(entry), 'file')}; check the path")
 
 
 def _files_below(folder: Path, exclude: Sequence[str]) -> list[tuple[Path, str | None]]:

@@ -139,6 +139,14 @@ def test_the_campaigns_folder_faults_in_short_are_all_survived(tmp_path, monkeyp
     )
 
 
+@pytest.mark.slow
+def test_the_campaigns_full_disk_part_in_short_is_survived(tmp_path, monkeypatch):
+    """``python -m bench.faults --quick --only full-disk-commands``: train.py, data_prep,
+    gpt.export, gpt.evaluate --json and gpt.report each onto a real full filesystem (skipped where
+    none can be mounted): one line naming the file and the space left, nothing left behind."""
+    run_the_campaign_in_short(["full-disk-commands"], tmp_path, monkeypatch)
+
+
 def test_the_gpu_benchmark_runs_its_quick_form_on_the_cpu(
     tmp_path, monkeypatch, fresh_accelerate_state
 ):

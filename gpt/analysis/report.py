@@ -7,6 +7,7 @@ and wall time and the generalisation gap, are in :mod:`gpt.analysis.runs`; the f
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,7 +23,7 @@ from gpt.analysis.figures import (
 )
 from gpt.analysis.runs import GAP_MIN_RISES, GAP_TOLERANCE, Run, load_runs
 from gpt.base.errors import one_line
-from gpt.base.files import replace_file, write_text
+from gpt.base.files import staging_folder, write_text
 from gpt.run.folder import REPORT_DIR
 
 REPORT_FILE = "report.md"
@@ -53,14 +54,16 @@ FIGURES: dict[str, tuple[str, Callable[[list[Run]], Any]]] = {
 def write_report(run_dirs: Iterable[Path], out: Path) -> Path:
     """Write the figures and ``report.md`` of ``run_dirs`` into ``out``; returns report.md's path."""
     runs = load_runs([Path(d) for d in run_dirs])
-    out.mkdir(parents=True, exist_ok=True)
-    for file_name, (_, draw) in FIGURES.items():
-        figure = draw(runs)
-        replace_file(out / file_name, lambda path, f=figure: save_png(f, path))
-    report = out / REPORT_FILE
-    text = report_markdown(runs)
-    write_text(report, text)
-    return report
+    # Drawn into a staging folder, then moved in file by file (renames, which need no space): a
+    # failure (a full disk) leaves ``out`` as it was, and other files in ``out`` stay.
+    with staging_folder(out) as staging:
+        for file_name, (_, draw) in FIGURES.items():
+            save_png(draw(runs), staging / file_name)
+        write_text(staging / REPORT_FILE, report_markdown(runs))
+        out.mkdir(parents=True, exist_ok=True)
+        for file in staging.iterdir():
+            os.replace(file, out / file.name)
+    return out / REPORT_FILE
 
 
 def report_markdown(runs: list[Run]) -> str:

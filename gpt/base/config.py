@@ -16,7 +16,7 @@ import math
 import os
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -25,17 +25,31 @@ from pydantic import (
     Field,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from gpt.base.errors import UserError
+from gpt.base.paths import why_not
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors, and assignments are validated too."""
+    """A config section: unknown keys are errors, and assignments are validated too. No number
+    may be NaN or infinite, and a boolean is not a number (pydantic would read true as 1)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, coerce_numbers_to_str=True, allow_inf_nan=False
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _booleans_are_not_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and annotation is not bool and bool not in get_args(annotation):
+            raise PydanticCustomError("boolean", "a boolean where a number or text belongs")
+        return value
 
 
 class DataConfig(Section):
@@ -188,6 +202,9 @@ class WandbConfig(Section):
         return mode
 
 
+MINUTES_A_WEEK = 7 * 24 * 60  # a longer wait than this is a mistake, and overflows a timedelta
+
+
 class TrainConfig(Section):
     out_dir: str = Field("out/run", description="where config, metrics, weights and checkpoints go")
     batch_size: PositiveInt = Field(32, description="sequences per process per micro-step")
@@ -238,7 +255,9 @@ class TrainConfig(Section):
     early_stopping_patience: int = Field(
         0, ge=0, description="evaluations without progress (0: off)"
     )
-    seed: int = Field(1337, ge=0, description="seeds weights, dropout and the sample order")
+    seed: int = Field(
+        1337, ge=0, le=2**32 - 1, description="seeds weights, dropout and the sample order"
+    )
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="no | bf16 | fp16")
     tf32: bool = Field(True, description="fp32 matrix products on GPU use TF32 tensor cores")
     compile: bool = Field(False, description="torch.compile the model")
@@ -254,7 +273,10 @@ class TrainConfig(Section):
         description="a local Hugging Face GPT-2 folder to start from instead of random weights",
     )
     distributed_timeout_minutes: float = Field(
-        5.0, gt=0.0, description="how long a process waits for the others before giving up"
+        5.0,
+        gt=0.0,
+        le=MINUTES_A_WEEK,
+        description="how long a process waits for the others before giving up",
     )
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 
@@ -265,6 +287,16 @@ class TrainConfig(Section):
         if not value.strip():
             raise ValueError(
                 f"train.out_dir={value!r} names no folder; set a folder such as out/run"
+            )
+        return value
+
+    @field_validator("resume")
+    @classmethod
+    def _resume_is_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(
+                f"train.resume={value!r} names nothing; use auto, never or a checkpoints/step_* "
+                "folder"
             )
         return value
 
@@ -395,7 +427,7 @@ def read_yaml_file(path: Path, kind: str, example: str) -> Any:
     file, a file that is not UTF-8, bad YAML or a key given twice in one mapping is one line naming
     it (and ``example``, what to pass instead)."""
     if not path.is_file():
-        raise UserError(f"{kind} {path} does not exist; pass {example}")
+        raise UserError(f"{kind} {path} {why_not(path, 'file')}; pass {example}")
     try:
         return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError as error:

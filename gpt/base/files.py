@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ def replace_file(path: Path, write: Callable[[Path], None]) -> None:
         write(temporary)
         os.replace(temporary, path)
     except OSError as error:  # name the file the user asked for, not its temporary name
-        if error.filename == str(temporary):
+        if error.filename in (str(temporary), None):  # None: a write through an open file
             error.filename = str(path)
         raise
     finally:
@@ -62,7 +63,8 @@ def staging_folder(out: Path) -> Iterator[Path]:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        yield staging
+        with naming(out):  # a write through an open file names no file: name the folder
+            yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # a no-op once published
 
@@ -126,3 +128,19 @@ def use_default_permissions(path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     path.chmod(0o666 & ~umask)
+
+
+def save_safetensors(tensors: dict, path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' ``save_file``, but a failed write is raised as the OSError it is, naming
+    ``path``: safetensors reports one as ``SafetensorError("... I/O error: No space left on
+    device (os error 28)")``, which names no file and which the command's edge would not know."""
+    import safetensors.torch  # imports torch: only where weights are written
+
+    try:
+        safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    except safetensors.SafetensorError as error:
+        code = re.search(r"\(os error (\d+)\)", str(error))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number), str(path)) from None

@@ -19,6 +19,7 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
 
 from gpt.base.errors import UserError
+from gpt.base.paths import why_not
 
 END_OF_TEXT = "<|endoftext|>"
 MIN_BPE_VOCAB = 256 + 1  # every byte, plus the end-of-text token
@@ -74,7 +75,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load a ``tokenizer.json`` written by data_prep (or any HF tokenizer file)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"tokenizer file {path} does not exist; run data_prep to create it")
+        raise UserError(
+            f"tokenizer file {path} {why_not(path, 'file')}; run data_prep to create it"
+        )
     try:
         return Tokenizer(tokenizers.Tokenizer.from_file(str(path)))
     except Exception as error:  # tokenizers raises plain Exception on malformed files

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from gpt.base.errors import UserError
+from gpt.base.paths import why_not
 from gpt.data.tokenizer import load_tokenizer
 
 SPLITS = ("train", "val")  # what training reads; never the test split
@@ -141,7 +142,7 @@ def read_meta(directory: Path) -> dict:
     """``meta.json`` of a data_prep folder, after checking that the folder is complete."""
     if not directory.is_dir():
         raise UserError(
-            f"data folder {directory} does not exist; prepare it with "
+            f"data folder {directory} {why_not(directory, 'folder')}; prepare it with "
             f"`python -m data_prep --input FILE --out {directory}` or fix data.dir"
         )
     missing = [

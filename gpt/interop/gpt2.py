@@ -53,6 +53,8 @@ from pydantic import ValidationError
 from gpt.base.config import ModelConfig
 from gpt.base.downloads import gpt2_download_command
 from gpt.base.errors import UserError
+from gpt.base.files import save_safetensors
+from gpt.base.paths import why_not
 from gpt.data.tokenizer import END_OF_TEXT, Tokenizer, load_tokenizer, tokenizer_fingerprint
 from gpt.data.tokens import read_meta
 from gpt.models.gpt import GPT
@@ -309,9 +311,7 @@ def write_hf_folder(
     _write_json(folder / CONFIG_FILE, hf_config)
     tokenizer.save(folder / TOKENIZER_FILE)
     metadata = {"format": "pt", TOKENIZER_KEY: tokenizer_fingerprint(folder / TOKENIZER_FILE)}
-    safetensors.torch.save_file(
-        tensors, str(folder / WEIGHTS_FILE), metadata=sealed(tensors, metadata)
-    )
+    save_safetensors(tensors, folder / WEIGHTS_FILE, sealed(tensors, metadata))
     _write_json(folder / TOKENIZER_CONFIG_FILE, _tokenizer_config(tokenizer, block_size))
     generation = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
     _write_json(folder / GENERATION_CONFIG_FILE, generation)
@@ -413,7 +413,7 @@ def read_hf_config(path: Path, model_types: dict[str, str] | None = None) -> dic
     )
     if not path.is_dir():
         raise UserError(
-            f"model folder {path} does not exist; download one on a machine with internet: "
+            f"model folder {path} {why_not(path, 'folder')}; download one on a machine with internet: "
             f"{download}"
         )
     config_file = path / CONFIG_FILE

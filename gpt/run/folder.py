@@ -198,8 +198,16 @@ class MetricsLog:
 
 def read_metrics(out_dir: Path) -> list[dict]:
     """metrics.jsonl's records, oldest first; a line cut short by a killed run is skipped."""
+    path = out_dir / METRICS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+            f"{error.start}), so train.py did not write it; restore the run's metrics.jsonl"
+        ) from None
     records = []
-    for line in (out_dir / METRICS_FILE).read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
             records.append(json.loads(line))
         except ValueError:

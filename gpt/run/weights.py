@@ -13,6 +13,7 @@ import torch
 from gpt.base.config import ModelConfig
 from gpt.base.errors import UserError, one_line
 from gpt.base.files import replace_file, use_default_permissions
+from gpt.base.paths import why_not
 from gpt.data.tokenizer import Tokenizer, load_tokenizer
 from gpt.models.gpt import build_model
 from gpt.models.lm import LanguageModel
@@ -91,7 +92,7 @@ def _read_model(
 ) -> tuple[LanguageModel, dict[str, str]]:
     """A model rebuilt from a weights file, unverified, and the file's metadata."""
     if not path.is_file():
-        raise UserError(f"weights file {path} does not exist; train a model first")
+        raise UserError(f"weights file {path} {why_not(path, 'file')}; train a model first")
     try:
         metadata = _metadata(path)
         if config is None:
@@ -191,4 +192,4 @@ def _locate_weights(path: Path) -> tuple[Path, Path | None]:
             f"{path} holds no {WEIGHTS_FILE}; pass a training output folder after its first "
             "evaluation, or one of its checkpoints/step_* folders"
         )
-    raise UserError(f"checkpoint {path} does not exist; pass a training output folder")
+    raise UserError(f"checkpoint {path} {why_not(path, 'folder')}; pass a training output folder")

@@ -64,6 +64,7 @@ from gpt.data.tokens import BatchSlice, TokenData
 from gpt.interop.pretrained import load_pretrained, pretrained_model_config
 from gpt.models.gpt import build_model
 from gpt.models.lm import LanguageModel
+from gpt.models.size import check_fits_in_memory
 from gpt.run.folder import (
     RUN_FACTS_FILE,
     TOKENIZER_FILE,
@@ -183,6 +184,7 @@ class Trainer:
         use_tf32(train.tf32)
         self.peak_flops = peak_flops(self.device, train.mixed_precision)
         set_seed(train.seed)
+        check_fits_in_memory(self.model_config)
         self.model, self.optimizer = self._prepared_model_and_optimizer()
         self.guard = DivergenceGuard(
             self.optimizer.optimizer, self.device, not self._scaler_skips_overflows
