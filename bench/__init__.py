@@ -94,17 +94,31 @@ def popen_python(
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
 
 
+DISCARDED = (Path(os.devnull), Path(os.devnull))  # an ``output`` for a command's output unread
+
 # How the benchmarks start ``python ARGS`` (call it as ``bench.start_python``): the test suite,
 # which runs the benchmarks and the fault campaign in their short forms, puts here commands forked
 # from an interpreter that has imported torch already (tests/warm_python.py).
 start_python = popen_python
 
 
-def run_python(args: Sequence[str]) -> subprocess.CompletedProcess:
-    """``python ARGS`` in the repository root, offline, raising if it fails."""
-    process = start_python(args, {**os.environ, **OFFLINE})
-    stdout, stderr = process.communicate()
-    if process.returncode != 0:
+def run_python(
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """``python ARGS`` in the repository root with the environment ``env`` (offline by default),
+    its output captured as text; killed after ``timeout`` seconds (and TimeoutExpired raised),
+    CalledProcessError raised if it fails and ``check``."""
+    process = start_python(args, env or {**os.environ, **OFFLINE})
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    if check and process.returncode != 0:
         raise subprocess.CalledProcessError(process.returncode, args, stdout, stderr)
     return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
 

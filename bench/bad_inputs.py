@@ -24,14 +24,13 @@ import os
 import pickle
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from bench import ROOT
+from bench import ROOT, run_python
 
 CORPUS = ROOT / "data" / "tinyshakespeare.txt"
 
@@ -933,23 +932,12 @@ def launch_environments(
 
 def run(args: tuple[str, ...], env: dict[str, str]) -> subprocess.CompletedProcess:
     """``python ARGS`` in the repository with ``env`` added to :func:`command_environment`."""
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=command_environment(env),
-    )
+    return run_python(args, command_environment(env), timeout=120, check=False)
 
 
 def command_environment(env: dict[str, str]) -> dict[str, str]:
     """This process's environment, one thread per command and a quiet W&B, then ``env``."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true", **env}
-
-
-# runs ``python ARGS`` in the repository with the whole environment given, like :func:`run`
-Runner = Callable[[tuple[str, ...], dict[str, str]], subprocess.CompletedProcess]
 
 
 def snapshot(*folders: Path) -> dict[str, str]:
@@ -967,11 +955,10 @@ def refusal_problems(
     folders: dict[str, Path],
     launch_environment: LaunchEnvironment,
     work: Path,
-    runner: Runner = run,
 ) -> list[str]:
     """Run ``case`` with ``work`` as its fresh work folder; what is wrong with how it was refused
     (nothing, if it was refused as it must be). tests/test_bad_inputs.py and bench/faults.py run the
-    table this way (the tests with a runner that starts commands faster)."""
+    table this way."""
     work.mkdir()
     if case.damage is not None:
         case.damage(work, folders["data"], folders["out"])
@@ -984,7 +971,7 @@ def refusal_problems(
     watched = (work, folders["data"], folders["out"])
     before = snapshot(*watched)
 
-    result = runner(args, command_environment(env))
+    result = run(args, env)
 
     problems = []
     if result.returncode != 2:

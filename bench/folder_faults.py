@@ -27,12 +27,12 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench import CORPUS, ROOT, format_table
+import bench
+from bench import CORPUS, DISCARDED, format_table
 from bench.fault_runs import ONE, Campaign, conclude, environment, say, tally
 from bench.injection import (
     can_mount_a_small_disk,
@@ -55,14 +55,7 @@ SHORT = ("train.max_iters=2", "train.eval_interval=2")
 
 def python(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """``python ARGS`` in the repository root, offline, as a user would type it."""
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=ROOT,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return bench.run_python(args, environment(), timeout, check=False)
 
 
 def refusal_problems(result: subprocess.CompletedProcess, *fragments: str) -> list[str]:
@@ -92,13 +85,7 @@ def trained(campaign: Campaign, out: Path) -> Path:
 
 def two_runs_trial(campaign: Campaign, folder: Path, resume: str) -> dict:
     out = folder / "run"
-    first = subprocess.Popen(
-        [sys.executable, *campaign.train(ONE, out, *ENDLESS)],
-        cwd=ROOT,
-        env=environment(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    first = bench.start_python(campaign.train(ONE, out, *ENDLESS), environment(), DISCARDED)
     problems = []
     try:
         deadline = time.monotonic() + 300
@@ -272,10 +259,7 @@ def read_only_table(result: dict) -> str:
 def killed_then_again(args: list[str], out: Path, seconds: float) -> tuple[str, list[str]]:
     """``python ARGS`` SIGKILLed after ``seconds``, then again: where the kill landed, and what
     is wrong with the second run (it must succeed, and leave ``out`` alone in its folder)."""
-    process = subprocess.Popen(
-        [sys.executable, *args], cwd=ROOT, env=environment(),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    process = bench.start_python(args, environment(), DISCARDED)
     time.sleep(seconds)
     ended = process.poll() is not None
     process.send_signal(signal.SIGKILL)

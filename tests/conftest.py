@@ -7,6 +7,7 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
+import bench
 from tests.warm_python import WARM, Process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,19 @@ def own_caches(tmp_path_factory):
         ("HF_DATASETS_CACHE", "hf-datasets"),
     ]:
         os.environ[variable] = str(home / folder)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_bench_commands():
+    """The commands of the benchmarks and the fault campaign, which tests run in their short
+    forms, forked from the warm interpreter too (``bench.start_python``)."""
+
+    def start(args, env: dict[str, str], output: tuple[Path, Path] | None = None) -> Process:
+        return WARM.start(list(args), ROOT, env, output)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bench, "start_python", start)
+        yield
 
 
 def run_python(*args: str, cwd: Path = ROOT, timeout: float = 300, env: dict | None = None):

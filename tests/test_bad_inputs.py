@@ -3,13 +3,11 @@ with one line and exit code 2, and no file changes (see that module for what is 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from bench import ROOT
 from bench.bad_inputs import (
     CASES,
     LaunchEnvironment,
@@ -17,7 +15,6 @@ from bench.bad_inputs import (
     prepare_folders,
     refusal_problems,
 )
-from tests.warm_python import WARM
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +32,8 @@ def test_bad_input_is_one_line_and_exit_code_2(name, folders, launch_environment
     case = CASES[name]
     if case.cpu_only and torch.cuda.is_available():
         pytest.skip("bad input only on a machine without a GPU")
-    problems = refusal_problems(case, folders, launch_environment, tmp_path / "work", warm_run)
+    problems = refusal_problems(case, folders, launch_environment, tmp_path / "work")
     assert problems == []
-
-
-def warm_run(args: tuple[str, ...], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return WARM.run(list(args), ROOT, env, timeout=120)
 
 
 def test_the_table_is_broad():

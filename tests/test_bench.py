@@ -16,12 +16,6 @@ import torch
 import bench
 from bench import run_all
 from gpt.base.errors import UserError
-from tests.warm_python import WARM, Process
-
-
-def warm_start(args, env: dict[str, str], output=None) -> Process:
-    """``bench.start_python`` in the suite: the command forked from the warm interpreter."""
-    return WARM.start(list(args), bench.ROOT, env, output)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +25,6 @@ def quick_run(tmp_path_factory):
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setattr(bench, "RESULTS_DIR", results)
-        patch.setattr(bench, "start_python", warm_start)
         run_all.main(["--quick"])
 
     def read(name: str) -> dict:
@@ -109,7 +102,6 @@ def run_the_campaign_in_short(parts: list[str], tmp_path, monkeypatch) -> None:
     from bench import faults
 
     monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
-    monkeypatch.setattr(bench, "start_python", warm_start)
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         faults.main(["--quick", *(word for part in parts for word in ("--only", part))])
     result = json.loads((tmp_path / "quick" / "faults.json").read_text())
@@ -161,7 +153,6 @@ def test_the_gpu_benchmark_runs_its_quick_form_on_the_cpu(
     AcceleratorState._reset_state(reset_partial_state=True)
 
     monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
-    monkeypatch.setattr(bench, "start_python", warm_start)
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         gpu.main(["--quick"])
     result = json.loads((tmp_path / "quick" / "gpu.json").read_text())
