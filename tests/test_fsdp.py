@@ -170,5 +170,5 @@ def test_one_process_shards_too(shakespeare_char, tmp_path):
 def test_the_trainer_imports_fsdp_only_when_it_shards():
     """FSDP's modules take over a second to import: unsharded runs never pay for them."""
     check = "import sys, gpt.training.trainer; print('torch.distributed.fsdp' in sys.modules)"
-    result = run_python("-c", check)
+    result = run_python("-c", check, env={"WARM_PYTHON": "0"})  # a fresh interpreter's imports
     assert result.stdout.strip() == "False", result.stderr

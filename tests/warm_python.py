@@ -13,7 +13,8 @@ What a fork cannot reproduce runs cold, in a fresh interpreter: an environment t
 read at start-up (``PYTHON*``, ``TORCH*``, thread counts, ``LD_*``: see ``STARTUP_PREFIXES``), a
 command line other than ``SCRIPT ...``, ``-m MODULE ...`` or ``-c CODE ...``, accelerate's launcher
 (a forked process keeps its parent's command line, and the trainer tells the launcher by its
-command line), and everything when ``WARM_PYTHON=0``. Commands are started and signalled too
+command line), and everything when ``WARM_PYTHON=0`` (in the environment, or in a command's: what
+a fresh interpreter imports is seen only in one). Commands are started and signalled too
 (:meth:`WarmPython.start` gives what tests use of a ``subprocess.Popen``).
 """
 
@@ -167,7 +168,7 @@ class WarmPython:
         return ending["returncode"]
 
     def _can_fork(self, args: list[str], env: dict[str, str]) -> bool:
-        if os.environ.get("WARM_PYTHON") == "0" or not args:
+        if env.get("WARM_PYTHON") == "0" or not args:
             return False
         if args[0] in ("-m", "-c"):
             if len(args) < 2 or args[:2] == ["-m", "accelerate.commands.launch"]:
