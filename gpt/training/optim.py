@@ -52,7 +52,7 @@ biases and norm gains (:meth:`gpt.models.lm.LanguageModel.optimizer_groups`).
     torch.optim.Muon runs the Newton-Schulz iterations in bfloat16, which GPUs multiply fastest;
     a CPU without bfloat16 units emulates it, 70x slower than float32 on this project's 2 cores
     (12 ms against 0.16 ms for one 128 x 341 product), which made a Muon step of the 0.7M-parameter
-    modern config cost 3.8 s instead of a few milliseconds. On the CPU they run in float32
+    modern config cost 3.8 s instead of 0.1 s. On the CPU they run in float32
     (:func:`newton_schulz_in_float32`), the same iteration, rounded less.
 """
 
