@@ -39,7 +39,7 @@ def test_every_benchmark_prints_its_table(quick_run):
         "| shape |",
         "| model | batch | new tokens |",
         "| corpus | tokenizer |",
-        "| config |",
+        "| pair | recipe |",
     ]:
         assert header in printed
 
