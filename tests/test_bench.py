@@ -39,7 +39,7 @@ def test_every_benchmark_prints_its_table(quick_run):
         "| shape |",
         "| model | batch | new tokens |",
         "| corpus | tokenizer |",
-        "| config |",
+        "| pair | recipe |",
     ]:
         assert header in printed
 
@@ -85,16 +85,70 @@ def test_preparation_measures_both_tokenizers_and_worker_counts(quick_run):
             assert ours["tokens"] == direct["tokens"]
 
 
-def test_time_to_quality_follows_the_evaluations(quick_run):
+def test_time_to_quality_follows_both_recipes_evaluations(quick_run):
     _, read = quick_run
     result = read("time_to_quality")
-    steps = [e["step"] for e in result["evaluations"]]
-    assert steps == [0, 5, 10]  # eval_interval 5, max_iters 10
-    seconds = [e["seconds"] for e in result["evaluations"]]
-    assert seconds == sorted(seconds) and seconds[-1] <= result["total_seconds"]
-    assert math.isfinite(result["final_val_loss"])
-    assert result["final_val_loss"] == result["evaluations"][-1]["val_loss"]
-    assert result["reached"] is None or result["reached"]["step"] in steps
+    assert result["recipes"] == {
+        "textbook": "configs/shakespeare_char_cpu.yaml",
+        "modern": "configs/shakespeare_char_modern.yaml",
+    }
+    (pair,) = result["pairs"]  # one repeat: textbook, then modern
+    for run in pair["runs"].values():
+        steps = [e["step"] for e in run["evaluations"]]
+        assert steps == [0, 5, 10]  # eval_interval 5, max_iters 10
+        seconds = [e["seconds"] for e in run["evaluations"]]
+        assert seconds == sorted(seconds) and seconds[-1] <= run["total_seconds"]
+        assert math.isfinite(run["final_val_loss"]) and run["tokens_per_sec"] > 0
+        assert run["final_val_loss"] == run["evaluations"][-1]["val_loss"]
+    assert "optimizer: muon" in pair["runs"]["modern"]["resolved_config"]
+    textbook = pair["runs"]["textbook"]
+    assert pair["target_val_loss"] == textbook["best_val_loss"]
+    best = min(textbook["evaluations"], key=lambda e: e["val_loss"])
+    assert pair["seconds_to_target"]["textbook"] == best["seconds"]  # its own best, reached there
+    assert pair["val_loss_at_textbook_wall_time"]["textbook"] == textbook["final_val_loss"]
+    summary = result["summary"]
+    assert summary["loss_gap"] == pytest.approx(
+        pair["val_loss_at_textbook_wall_time"]["textbook"]
+        - pair["val_loss_at_textbook_wall_time"]["modern"]
+    )
+    assert summary["loss_gap_met"] == (summary["loss_gap"] >= 0.05)
+
+
+def timed(*points: tuple[float, float]) -> list[dict]:
+    return [{"seconds": seconds, "val_loss": loss} for seconds, loss in points]
+
+
+def test_time_to_quality_interpolates_between_evaluations():
+    from bench.time_to_quality import seconds_to_reach, val_loss_at
+
+    evaluations = timed((0, 4.0), (10, 3.0), (20, 2.0), (30, 2.5))
+    assert seconds_to_reach(evaluations, 2.5) == pytest.approx(15.0)  # halfway from 3.0 to 2.0
+    assert seconds_to_reach(evaluations, 2.0) == 20.0
+    assert seconds_to_reach(evaluations, 5.0) == 0.0  # the first evaluation is already below
+    assert seconds_to_reach(evaluations, 1.9) is None
+    assert val_loss_at(evaluations, 25.0) == pytest.approx(2.25)
+    assert val_loss_at(evaluations, 12.5) == pytest.approx(2.75)
+    assert val_loss_at(evaluations, 99.0) == 2.5  # ended before: its last evaluation
+    assert val_loss_at(evaluations, -1.0) == 4.0
+
+
+def test_time_to_quality_scores_a_pair_against_the_textbook_run():
+    from bench.time_to_quality import score_pair, summarise
+
+    textbook = {"evaluations": timed((0, 4.0), (50, 2.2), (100, 2.0)), "best_val_loss": 2.0,
+                "total_seconds": 110.0, "tokens_per_sec": 1000.0}  # fmt: skip
+    modern = {"evaluations": timed((0, 4.0), (40, 2.5), (80, 1.5), (120, 1.4)),
+              "best_val_loss": 1.4, "total_seconds": 130.0, "tokens_per_sec": 800.0}  # fmt: skip
+    pair = score_pair(textbook, modern)
+    assert pair["seconds_to_target"] == {"textbook": 100.0, "modern": pytest.approx(60.0)}
+    assert pair["time_ratio"] == pytest.approx(0.6)
+    assert pair["val_loss_at_textbook_wall_time"]["modern"] == pytest.approx(1.425)
+    assert pair["loss_gap"] == pytest.approx(0.575)
+    assert pair["step_cost_ratio"] == pytest.approx(1.25)
+    summary = summarise([pair])
+    assert not summary["time_ratio_met"] and summary["loss_gap_met"]
+    never = score_pair(textbook, {**modern, "evaluations": timed((0, 4.0), (80, 2.5))})
+    assert never["time_ratio"] is None and summarise([never])["time_ratio"] == float("inf")
 
 
 def run_the_campaign_in_short(parts: list[str], tmp_path, monkeypatch) -> None:

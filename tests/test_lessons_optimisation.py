@@ -37,6 +37,12 @@ RUNS = {
         "train.lr_schedule=constant",
     ],  # fmt: skip
     "sgd_diverges": ["model.arch=mlp", "train.optimizer=sgd", "train.learning_rate=1e30"],
+    "muon": [
+        "model.arch=mlp",
+        "train.optimizer=muon",
+        "train.learning_rate=0.01",
+        "train.muon_learning_rate=0.05",
+    ],
 }
 
 
@@ -97,6 +103,21 @@ def test_optimiser_draws_loss_by_step_and_by_time(runs):
         seconds = list(line.get_xdata())
         assert seconds[0] == 0 and seconds == sorted(seconds) and seconds[-1] > 0
     assert [list(line.get_xdata()) for line in by_step.get_lines()] == [[0, 2, 4]] * 2
+
+
+def test_the_optimiser_lesson_draws_muon_beside_the_others(runs):
+    figures = analyse("optimiser", runs, "sgd", "muon")
+    by_step = figures["optimiser.png"].axes[0]
+    assert set(lines(by_step)) == {"sgd", "muon"}
+    colours = {line.get_label(): line.get_color() for line in by_step.get_lines()}
+    assert colours["muon"] != colours["sgd"]
+
+
+def test_the_learning_rate_search_places_muon_at_its_matrices_rate(runs):
+    figures = analyse("lr_search", runs, "sgd", "muon")
+    train_losses = figures["lr_search.png"].axes[0]
+    points = {line.get_label(): list(line.get_xdata()) for line in train_losses.get_lines()}
+    assert points == {"sgd": [0.1], "muon": [0.05]}  # train.muon_learning_rate, not AdamW's 0.01
 
 
 def test_the_learning_rate_search_marks_a_diverged_run_instead_of_plotting_it(runs):

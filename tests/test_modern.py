@@ -16,7 +16,13 @@ from gpt.base.errors import UserError
 from gpt.models.gpt import GPT, GatedFeedForward, Rotation, build_model
 from gpt.training.checkpoint import check_model_shape
 from gpt.training.launch import check_launch
-from gpt.training.optim import MuonWithAdamW, build_optimizer, muon_matrices, set_learning_rate
+from gpt.training.optim import (
+    MuonWithAdamW,
+    build_optimizer,
+    muon_matrices,
+    newton_schulz_float32,
+    set_learning_rate,
+)
 from gpt.training.trainer import Trainer
 
 from .conftest import ROOT, run_python
@@ -256,6 +262,30 @@ def test_a_muon_step_is_an_orthogonalised_momentum():
     assert singular_values.min() > 0.5 and singular_values.max() < 1.3, singular_values
 
 
+def test_on_the_cpu_muon_orthogonalises_in_float32():
+    """torch.optim.Muon's iteration, the same to bfloat16's precision, in float32: a Muon step of
+    MuonWithAdamW on the CPU moves a matrix by exactly -lr x the float32 iteration's result."""
+    gradient = torch.randn(6, 10, generator=torch.Generator().manual_seed(0))
+    coefficients = (3.4445, -4.775, 2.0315)
+    in_bfloat16 = torch.optim._muon._zeropower_via_newtonschulz(gradient, coefficients, 5, 1e-7)
+    in_float32 = newton_schulz_float32(gradient, coefficients, 5, 1e-7)
+    assert in_bfloat16.dtype == torch.bfloat16 and in_float32.dtype == torch.float32
+    difference = (in_float32 - in_bfloat16.float()).norm() / in_float32.norm()
+    assert difference < 0.05  # bfloat16 keeps 8 bits: 2^-8 a product, five iterations of them
+    assert torch.equal(newton_schulz_float32(gradient.T, coefficients, 5, 1e-7), in_float32.T)
+
+    model = make_gpt(**MODERN)
+    optimizer = build_optimizer(model, TrainConfig(optimizer="muon", muon_learning_rate=0.02), CPU)
+    weight = optimizer.muon.param_groups[0]["params"][0]
+    before = weight.detach().clone()
+    model(tokens(2, 8), tokens(2, 8, seed=2))[1].backward()
+    nesterov = weight.grad * (1 - 0.95**2)  # from rest: buffer 0.05 g, update g.lerp(buffer, 0.95)
+    scale = max(1, weight.shape[0] / weight.shape[1]) ** 0.5  # Muon's learning-rate adjustment
+    expected = before - 0.02 * scale * newton_schulz_float32(nesterov, coefficients, 5, 1e-7)
+    optimizer.step()
+    assert torch.allclose(weight.detach(), expected, atol=1e-6)
+
+
 def test_muon_with_adamw_state_round_trips():
     model = make_gpt(**MODERN)
     train = TrainConfig(optimizer="muon")
@@ -301,9 +331,9 @@ def test_the_modern_preset_learns_and_resumes_bitwise_with_muon(small_data, tmp_
 @pytest.mark.slow
 def test_the_modern_preset_trains_the_same_model_in_two_processes(shakespeare_char, tmp_path):
     """Muon steps on the all-reduced gradient: 2 gloo processes of 4 sequences each train the model
-    that one process trains on the 8. To bfloat16's precision, not fp32's: the all-reduce sums in
-    another order, and Muon's Newton-Schulz iterations run in bfloat16 (torch.optim.Muon, as
-    Keller Jordan's), which turns differences of 1e-7 into ones of 2^-8 of a step (lr 0.02)."""
+    that one process trains on the 8. Not to fp32's precision: the all-reduce sums in another
+    order, and the Newton-Schulz iterations (in float32 on the CPU) magnify differences of 1e-7
+    in the gradient, so the tolerance is the one set when they ran in bfloat16, 2^-8 of a step."""
     modern = ["model.n_head=4", "model.n_kv_head=2", *EQUIVALENCE]
     one, two = tmp_path / "one_process", tmp_path / "two_processes"
     config = "shakespeare_char_modern.yaml"

@@ -296,3 +296,38 @@ def test_a_sweep_without_its_data_stops_before_any_work(tmp_path, capsys):
     assert run_cli(sweep_main, [str(path), "--out", str(out)]) == 2
     assert "data folder" in capsys.readouterr().err
     assert not out.exists()
+
+
+def lesson(name: str, preset: str | None = None):
+    return load_sweep(ROOT / "configs" / "experiments" / f"{name}.yaml", preset, [], None, tuple(ANALYSES))  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", [None, "gpu"])
+def test_the_architecture_lesson_matches_the_modern_gpt_to_the_others_size(preset):
+    from gpt.models.gpt import build_model
+
+    runs = {run.name: run.config for run in lesson("architecture", preset).runs}
+    assert list(runs) == ["gpt", "mlp", "cnn", "modern"]
+    modern = runs["modern"].model
+    assert (modern.rope, modern.norm, modern.activation, modern.qk_norm) == (True, "rms", "swiglu", True)  # fmt: skip
+    assert modern.n_kv_head < modern.n_head and not modern.tie_embeddings and modern.zero_init_proj
+    assert {config.train.optimizer for config in runs.values()} == {
+        "adamw"
+    }  # only the architecture differs
+    sizes = {
+        name: build_model(config.model.model_copy(update={"vocab_size": 65})).num_params()
+        for name, config in runs.items()
+    }
+    assert abs(sizes["modern"] / sizes["gpt"] - 1) < 0.01, sizes
+
+
+def test_the_optimiser_lesson_trains_muon_at_its_searched_rate():
+    search = {run.name: run.config.train for run in lesson("optimiser_lr_search").runs}
+    searched = {t.muon_learning_rate for name, t in search.items() if name.startswith("muon")}
+    assert len(searched) == 4 and {t.optimizer for n, t in search.items() if n.startswith("muon")} == {"muon"}  # fmt: skip
+    runs = {run.name: run.config.train for run in lesson("optimiser").runs}
+    for name in ("muon", "muon_constant"):
+        assert runs[name].optimizer == "muon" and runs[name].muon_learning_rate in searched
+        assert runs[name].learning_rate == runs["adam"].learning_rate  # the rest by Adam's rate
+        assert runs[name].weight_decay == 0 and runs[name].muon_weight_decay == 0
+    assert runs["muon_constant"].lr_schedule == "constant" and runs["muon"].lr_schedule == "cosine"

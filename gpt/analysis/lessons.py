@@ -353,7 +353,7 @@ def depth(runs: list[Measured]) -> list[AnalysisFigure]:
 
 
 def optimiser_name(m: Measured) -> str:
-    """``sgd``, ``sgd + momentum 0.9``, ``adam``, ``adamw`` or ``lbfgs``."""
+    """``sgd``, ``sgd + momentum 0.9``, ``adam``, ``adamw``, ``lbfgs`` or ``muon``."""
     train = m.config.train
     return f"sgd + momentum {train.momentum:g}" if train.momentum else train.optimizer
 
@@ -410,6 +410,13 @@ def optimiser(runs: list[Measured]) -> list[AnalysisFigure]:
     ]
 
 
+def searched_rate(m: Measured) -> float:
+    """The learning rate a search varies: Muon's for its matrices (``train.muon_learning_rate``;
+    AdamW's for the rest stays fixed), every other optimiser's ``train.learning_rate``."""
+    train = m.config.train
+    return train.muon_learning_rate if train.optimizer == "muon" else train.learning_rate
+
+
 @analysis("lr_search")
 def lr_search(runs: list[Measured]) -> list[AnalysisFigure]:
     figure, axes = new_figure(2, width=1.3)
@@ -417,17 +424,17 @@ def lr_search(runs: list[Measured]) -> list[AnalysisFigure]:
     for m in runs:
         by_optimiser.setdefault(optimiser_name(m), []).append(m)
     for index, (name, tried) in enumerate(by_optimiser.items()):
-        tried.sort(key=lambda m: m.config.train.learning_rate)
+        tried.sort(key=searched_rate)
         finished = [m for m in tried if not diverged(m)]
         for ax, loss in ((axes[0], "final_train"), (axes[1], "final_val")):
             ax.plot(
-                [m.config.train.learning_rate for m in finished],
+                [searched_rate(m) for m in finished],
                 [getattr(m, loss) for m in finished],
                 color=f"C{index}", marker="o", label=name,
             )  # fmt: skip
             for m in tried:
                 if diverged(m):
-                    ax.axvline(m.config.train.learning_rate, color=f"C{index}", linestyle=":")
+                    ax.axvline(searched_rate(m), color=f"C{index}", linestyle=":")
     for ax, label in ((axes[0], "final train loss"), (axes[1], "final val loss")):
         ax.set(xscale="log", xlabel="learning rate", ylabel=f"{label} (nats per token)")
     axes[0].set_title("The learning rate search")
@@ -436,7 +443,8 @@ def lr_search(runs: list[Measured]) -> list[AnalysisFigure]:
         AnalysisFigure(
             "lr_search.png",
             "Final loss against the learning rate, per optimiser",
-            "Each optimiser at a few constant learning rates, a factor of about 3 apart. A dotted "
+            "Each optimiser at a few constant learning rates, a factor of about 3 apart (Muon: the "
+            "rate of its matrices, train.muon_learning_rate). A dotted "
             "line marks a rate at which training diverged (the trainer stopped it at a "
             "non-finite loss or gradient). The tuned rate is the one of the lowest final train "
             "loss, the quantity an optimiser minimises.",
