@@ -105,7 +105,7 @@ class WarmPython:
     def __init__(self) -> None:
         self.process: subprocess.Popen | None = None
         self.started_with: dict[str, str] = {}
-        self.streams = Path(tempfile.mkdtemp(prefix="warm-python-"))
+        self.streams = Path()  # a temporary folder for the commands' output, once started
         self.requests = threading.Lock()
         self.pids: queue.Queue[int] = queue.Queue()  # of the children forked, in request order
         self.endings: dict[int, dict] = {}  # pid -> exit code and CPU time, once ended
@@ -144,16 +144,18 @@ class WarmPython:
                 )
             with open(output[0], "w") as stdout, open(output[1], "w") as stderr:
                 return subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
-        streams = output or tuple(
-            Path(tempfile.mkstemp(dir=self.streams, suffix=suffix)[1])
-            for suffix in (".stdout", ".stderr")
-        )
         with self.requests:
             self._start()
+            streams = output or (self._new_file(".stdout"), self._new_file(".stderr"))
             request = {"args": args, "cwd": str(cwd), "env": env}
             self._send(request | {"stdout": str(streams[0]), "stderr": str(streams[1])})
             pid = self.pids.get(timeout=60)
         return WarmProcess(self, pid, command, streams, owns_streams=output is None)
+
+    def _new_file(self, suffix: str) -> Path:
+        descriptor, path = tempfile.mkstemp(dir=self.streams, suffix=suffix)
+        os.close(descriptor)
+        return Path(path)
 
     def exit_code(self, process: WarmProcess, timeout: float | None) -> int | None:
         """``process``'s exit code once it has ended; None if ``timeout`` is 0 and it runs on,
@@ -187,6 +189,7 @@ class WarmPython:
         if self.process is not None:
             return
         self.started_with = dict(os.environ)
+        self.streams = Path(tempfile.mkdtemp(prefix="warm-python-"))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.warm_python"],
             cwd=ROOT,
