@@ -110,9 +110,8 @@ class WarmPython:
         self.pids: queue.Queue[int] = queue.Queue()  # of the children forked, in request order
         self.endings: dict[int, dict] = {}  # pid -> exit code and CPU time, once ended
         self.ended = threading.Condition()
-        self.children_cpu_seconds = (
-            0.0  # of the commands run warm, which this process never waits for
-        )
+        # CPU time of the commands run warm, which this process never waits for itself
+        self.children_cpu_seconds = 0.0
 
     def run(
         self, args: list[str], cwd: Path, env: dict[str, str], timeout: float
