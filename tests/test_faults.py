@@ -33,6 +33,7 @@ from .test_trainer import (
 )
 
 SLOW_SAVES = str(ROOT / "tests" / "slow_saves.py")
+SLOW_ERROR_LINES = str(ROOT / "tests" / "slow_error_lines.py")
 ENDLESS = ["train.max_iters=100000", "train.eval_interval=100000", "train.log_interval=1000"]
 
 
@@ -292,8 +293,12 @@ def assert_reports_lost_contact(stderr: str, out: Path) -> None:
 
 @pytest.mark.slow
 def test_when_one_of_two_processes_dies_the_other_stops_with_a_message(shakespeare_char, tmp_path):
+    """The launcher SIGTERMs the survivor as soon as it sees the other die: here while the
+    survivor is between the trainer's end and its line (held there a second), which it must live
+    through to say why it stopped."""
     out = tmp_path / "run"
-    command = [*launch_two(), *train_args(shakespeare_char, out, *TWO_PROCESSES, *ENDLESS)]
+    run = train_args(shakespeare_char, out, *TWO_PROCESSES, *ENDLESS)
+    command = [*launch_two(), SLOW_ERROR_LINES, "1.0", *run]
     with started(command, out) as run:
         wait_for(lambda: (out / "checkpoints" / "step_0000005").exists(), [run])
         workers([run], 2)[1].kill()

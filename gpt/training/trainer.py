@@ -247,8 +247,7 @@ class Trainer:
                 )
                 raise
             finally:
-                for signum, handler in previous_handlers.items():
-                    signal.signal(signum, handler)
+                self._release_stop_signals(previous_handlers)
 
     @contextmanager
     def _holding_out_dir(self) -> Iterator[None]:
@@ -751,6 +750,15 @@ class Trainer:
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, request_stop) or signal.SIG_DFL
         return previous
+
+    def _release_stop_signals(self, previous: dict) -> None:
+        """Give the stop signals back to the handlers from before the run; a process of a
+        multi-process run ignores them from now on instead. It is ending, and the launcher SIGTERMs
+        every process as soon as one has exited: one that is still to print why it stopped (the
+        others, say, lost contact) must not die of that signal before its line."""
+        several = self.accelerator.num_processes > 1
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_IGN if several else handler)
 
     def _check_weights_are_finite(self) -> None:
         """Defence in depth before any save: an update can overflow finite gradients (an absurd
