@@ -13,7 +13,8 @@ package first on the path that fails on import, so importing torch would end the
 
 The launch cases run train.py in the environment that a real ``accelerate launch`` gives its first
 process (captured by tests/launch_probe.py), so that each launch costs one short probe run;
-tests/test_launch_configs.py launches train.py itself.
+tests/test_launch_configs.py launches train.py itself (there, ``--num_processes 2`` without
+``--multi_gpu``: the one refusal whose line depends on the launcher).
 """
 
 from __future__ import annotations
@@ -714,12 +715,6 @@ CASES = {
         TRAIN,
         ("mixed precision bf16", "train.mixed_precision=no", "train.mixed_precision=bf16"),
         launch=("--config_file", "configs/accelerate/multi_gpu.yaml", "--num_processes", "2"),
-    ),
-    "launch: --num_processes 2 without --multi_gpu": Case(
-        TRAIN,
-        ("one process", "--multi_gpu --num_processes"),
-        launch=("--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no"),
-        cpu_only=True,  # with several GPUs accelerate adds --multi_gpu itself
     ),
     "launch: a MULTI_CPU config without mpirun": Case(
         TRAIN,

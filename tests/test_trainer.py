@@ -199,10 +199,17 @@ EQUIVALENCE = [
 def test_the_same_global_batch_trains_the_same_model_however_it_is_split(
     shakespeare_char, tmp_path
 ):
+    """Batch 8 in one process equals batch 4 accumulated twice. With dropout, whose masks are
+    keyed by the micro-batch's place in the global batch like its data, batch 4 accumulated twice
+    equals batch 4 in each of two processes, on one machine or two."""
     reference = tmp_path / "one_process_batch_8"
     accumulated = tmp_path / "one_process_batch_4_accumulate_2"
-    two_processes = tmp_path / "two_processes_batch_4"
-    two_machines = tmp_path / "two_machines_batch_4"
+    dropout = [*EQUIVALENCE, "model.dropout=0.2", "train.batch_size=4"]
+    accumulated_dropout = tmp_path / "dropout_one_process_batch_4_accumulate_2"
+    two_processes = tmp_path / "dropout_two_processes_batch_4"
+    two_machines = tmp_path / "dropout_two_machines_batch_4"
+    two_accumulations = ["train.gradient_accumulation_steps=2", "train.eval_iters=8"]
+    # eval_iters=8: 8 x 4 windows, the 32 that the other runs evaluate
     runs = [
         run_python(*train_args(shakespeare_char, reference, *EQUIVALENCE, "train.batch_size=8")),
         run_python(
@@ -211,13 +218,15 @@ def test_the_same_global_batch_trains_the_same_model_however_it_is_split(
                 accumulated,
                 *EQUIVALENCE,
                 "train.batch_size=4",
-                "train.gradient_accumulation_steps=2",
-                "train.eval_iters=8",  # 8 x 4 windows: the 32 that the other runs evaluate
+                *two_accumulations,
             )
         ),
         run_python(
+            *train_args(shakespeare_char, accumulated_dropout, *dropout, *two_accumulations)
+        ),
+        run_python(
             *accelerate_launch(machines=1, machine_rank=0, port=free_port()),
-            *train_args(shakespeare_char, two_processes, *EQUIVALENCE, "train.batch_size=4"),
+            *train_args(shakespeare_char, two_processes, *dropout),
         ),
     ]
     for run in runs:
@@ -226,7 +235,7 @@ def test_the_same_global_batch_trains_the_same_model_however_it_is_split(
     machines = [
         start_python(
             *accelerate_launch(machines=2, machine_rank=rank, port=port),
-            *train_args(shakespeare_char, two_machines, *EQUIVALENCE, "train.batch_size=4"),
+            *train_args(shakespeare_char, two_machines, *dropout),
         )
         for rank in (0, 1)
     ]
@@ -237,13 +246,16 @@ def test_the_same_global_batch_trains_the_same_model_however_it_is_split(
         said.append([line for line in stdout.splitlines() if line.startswith("device ")])
     assert said == [["device     cpu, 2 processes on 2 machines"], []]  # the main process says it
 
-    expected = final_weights(reference)
-    for other in (accumulated, two_processes, two_machines):
-        assert_same_weights(expected, final_weights(other), atol=2e-5)
-    for other in (accumulated, two_processes, two_machines):  # evaluated on the same windows
-        assert read_metrics(other)[-1]["val_loss"] == pytest.approx(
-            read_metrics(reference)[-1]["val_loss"], abs=1e-5
-        )
+    for expected, others in [
+        (reference, [accumulated]),
+        (accumulated_dropout, [two_processes, two_machines]),
+    ]:
+        for other in others:
+            assert_same_weights(final_weights(expected), final_weights(other), atol=2e-5)
+            # evaluated on the same windows
+            assert read_metrics(other)[-1]["val_loss"] == pytest.approx(
+                read_metrics(expected)[-1]["val_loss"], abs=1e-5
+            )
 
 
 def test_an_evaluation_reads_eval_iters_batches_of_each_split_whatever_the_accumulation(
@@ -281,28 +293,6 @@ def test_a_slow_evaluation_counts_in_wall_time_but_not_in_the_next_records_token
     assert training + evaluation <= after["wall_seconds"]
     run = load_run(out, "run")
     assert run.training_seconds_at_records()[-1] + evaluation <= run.wall_seconds
-
-
-@pytest.mark.slow
-def test_with_dropout_the_same_micro_batches_train_the_same_model(shakespeare_char, tmp_path):
-    """Dropout masks are keyed by the micro-batch's place in the global batch, like its data."""
-    dropout = [*EQUIVALENCE, "model.dropout=0.2", "train.batch_size=4"]
-    accumulated = tmp_path / "one_process_batch_4_accumulate_2"
-    two_processes = tmp_path / "two_processes_batch_4"
-    runs = [
-        run_python(
-            *train_args(
-                shakespeare_char, accumulated, *dropout, "train.gradient_accumulation_steps=2"
-            )
-        ),
-        run_python(
-            *accelerate_launch(machines=1, machine_rank=0, port=free_port()),
-            *train_args(shakespeare_char, two_processes, *dropout),
-        ),
-    ]
-    for run in runs:
-        assert run.returncode == 0, run.stderr[-3000:]
-    assert_same_weights(final_weights(accumulated), final_weights(two_processes), atol=2e-5)
 
 
 RESUME = [
