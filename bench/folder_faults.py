@@ -177,21 +177,28 @@ def damaged_reader(
     }[reader]
 
 
+def damaged_readers(quick: bool) -> list[tuple[str, str]]:
+    """Every damage given to every reader; in short, each reader meets one damage, in turn."""
+    if quick:
+        return [(list(DAMAGES)[n % len(DAMAGES)], reader) for n, reader in enumerate(READERS)]
+    return [(damage, reader) for damage in DAMAGES for reader in READERS]
+
+
 def untrusted_trials(campaign: Campaign, plan: Plan) -> dict:
     good = trained(campaign, campaign.folder("untrusted-good") / "run")
     exported = python("-m", "gpt.export", str(good), "--to", "hf", str(good.parent / "hf"))
     if exported.returncode != 0:
         raise RuntimeError(f"the export failed: {exported.stderr[-2000:]}")
     trials = []
-    for damage, (_, _, named) in DAMAGES.items():
-        for reader in READERS:
-            folder = campaign.folder(f"untrusted-{len(trials)}")
-            args = damaged_reader(campaign, good, folder, damage, reader)
-            problems = refusal_problems(python(*args), named)
-            if reader == "gpt.export" and (folder / "hf").exists():
-                problems.append("the export wrote its folder")
-            trials.append(conclude(folder, problems, damage=damage, reader=reader))
-            say(reader, trials[-1], damage)
+    for damage, reader in damaged_readers(plan.quick):
+        named = DAMAGES[damage][2]
+        folder = campaign.folder(f"untrusted-{len(trials)}")
+        args = damaged_reader(campaign, good, folder, damage, reader)
+        problems = refusal_problems(python(*args), named)
+        if reader == "gpt.export" and (folder / "hf").exists():
+            problems.append("the export wrote its folder")
+        trials.append(conclude(folder, problems, damage=damage, reader=reader))
+        say(reader, trials[-1], damage)
     shutil.rmtree(good.parent)
     return tally(trials, "refused with one line; nothing written")
 
@@ -221,6 +228,8 @@ def read_only_trials(campaign: Campaign, plan: Plan) -> dict:
         "data_prep": ["-m", "data_prep", "--input", str(CORPUS), "--out", str(disk / "data")],
         "gpt.export": ["-m", "gpt.export", str(run), "--to", "hf", str(disk / "hf")],
     }
+    if plan.quick:  # in short, one command onto the disk: the others meet it the same way
+        onto_disk = {"train.py": onto_disk["train.py"]}
     trials = []
     for command, args in onto_disk.items():
         listing = work / f"listing-{len(trials)}"
@@ -279,7 +288,8 @@ def kill_rerun_trials(campaign: Campaign, plan: Plan) -> dict:
     seeds = random.Random(plan.seed)
     work = campaign.folder("kill-rerun")
     corpus = work / "corpus.txt"  # the bundled corpus 10 times over: data_prep takes seconds
-    corpus.write_text(CORPUS.read_text(encoding="utf-8") * 10, encoding="utf-8")
+    copies = 1 if plan.quick else 10  # in short, the code runs; where the kills land is chance
+    corpus.write_text(CORPUS.read_text(encoding="utf-8") * copies, encoding="utf-8")
     run = trained(campaign, work / "run")
     commands = {  # --overwrite: the same command again replaces what a finished one wrote
         "data_prep": ["-m", "data_prep", "--input", str(corpus), "--num-proc", "1", "--overwrite"],

@@ -19,12 +19,14 @@ from pathlib import Path
 import pytest
 
 from gpt.base.cli import run_cli
+from gpt.base.config import WandbConfig
 from gpt.run.checkpoints import read_trainer_state
 from gpt.run.folder import list_checkpoints
 from gpt.run.weights import load_model
 from gpt.sample_cli import _main as sample_main
 from gpt.training.console import RunFacts, duration, end_of_run, startup_block
-from tests.warm_python import Process
+from gpt.training.tracking import Tracking
+from tests.warm_python import WARM, Process
 
 from .conftest import CORPUS, ROOT, run_python, start_python
 from .test_trainer import read_metrics, train_args, wandb_history, wandb_records
@@ -246,17 +248,8 @@ def test_a_wandb_that_cannot_start_is_said_once_and_training_goes_on(shakespeare
     out = tmp_path / "run"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     no_login = {**environment, "HOME": str(tmp_path)}  # no API key anywhere: W&B refuses online
-    result = subprocess.run(
-        [
-            sys.executable,
-            *train_args(shakespeare_char, out, "train.max_iters=10", "train.wandb.mode=online"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=no_login,
-        timeout=300,
-    )
+    args = train_args(shakespeare_char, out, "train.max_iters=10", "train.wandb.mode=online")
+    result = WARM.run(args, ROOT, no_login, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("W&B could not start (") == 1
     assert "W&B        not started (see above); metrics.jsonl has every figure" in result.stdout
@@ -266,9 +259,9 @@ def test_a_wandb_that_cannot_start_is_said_once_and_training_goes_on(shakespeare
 def test_wandb_online_without_a_network_is_one_line_and_does_not_hold_up_the_run(
     shakespeare_char, tmp_path
 ):
-    """An API key and W&B's server at a closed local port: W&B really tries the network. Its own
-    init timeout is 90 s; the trainer gives it 15 s, so the run is not held for minutes (the
-    subprocess timeout below guards against that, with room to spare on a busy machine)."""
+    """An API key and W&B's server at a closed local port: W&B really tries the network, for as
+    long as WANDB_INIT_TIMEOUT says (3 s here; the trainer's own default, 15 s instead of W&B's
+    90 s, is tested below), and the run goes on without it."""
     out = tmp_path / "run"
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
@@ -279,18 +272,10 @@ def test_wandb_online_without_a_network_is_one_line_and_does_not_hold_up_the_run
         "HOME": str(tmp_path),
         "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port}",
         "WANDB_API_KEY": "0" * 40,
+        "WANDB_INIT_TIMEOUT": "3",
     }
-    result = subprocess.run(
-        [
-            sys.executable,
-            *train_args(shakespeare_char, out, "train.max_iters=10", "train.wandb.mode=online"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=no_network,
-        timeout=75,
-    )
+    args = train_args(shakespeare_char, out, "train.max_iters=10", "train.wandb.mode=online")
+    result = WARM.run(args, ROOT, no_network, timeout=75)
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
     (warning,) = [line for line in output.splitlines() if "W&B could not start" in line]
@@ -298,6 +283,29 @@ def test_wandb_online_without_a_network_is_one_line_and_does_not_hold_up_the_run
     assert "wandb:" not in output  # W&B's own lines (its login notice) stay silent
     assert result.stdout.splitlines()[-1].startswith("finished at step 10 of 10;")
     assert [(r["kind"], r["step"]) for r in read_metrics(out)][-2:] == [("train", 10), ("eval", 10)]
+
+
+class RecordingAccelerator:
+    """What Tracking.start hands accelerate's tracker, kept instead of starting W&B."""
+
+    def init_trackers(self, project: str, config: dict, init_kwargs: dict) -> None:
+        self.init = init_kwargs["wandb"]
+
+
+@pytest.mark.parametrize("variable", [None, "3"])
+def test_wandb_gets_15_seconds_to_start_unless_its_own_variable_says_otherwise(
+    variable, monkeypatch, tmp_path
+):
+    """W&B's own default is 90 s of retries without a network; WANDB_INIT_TIMEOUT, where set,
+    is W&B's to read."""
+    if variable is None:
+        monkeypatch.delenv("WANDB_INIT_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_INIT_TIMEOUT", variable)
+    accelerator = RecordingAccelerator()
+    Tracking(accelerator, WandbConfig(), "offline", tmp_path, say=print).start("abcd1234", {})
+    expected = {"silent": True} | ({"init_timeout": 15.0} if variable is None else {})
+    assert accelerator.init["settings"] == expected
 
 
 @pytest.fixture(scope="module")
