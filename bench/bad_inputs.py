@@ -50,6 +50,7 @@ TINY = (
     "train.eval_iters=1",
     "train.warmup_iters=0",
     "train.wandb.mode=disabled",
+    "train.report=false",
 )
 PREP = ("-m", "data_prep")
 TRAIN = ("train.py", CPU_CONFIG, "data.dir={data}", "train.out_dir={work}/out", *TINY)

@@ -40,10 +40,9 @@ def _main(argv: list[str]) -> int:
     except LoneProcessError:
         leave_launcher_quietly()  # or it adds a traceback under the one line
         raise
+    after_run = write_run_report if config.train.report else None  # OUT_DIR/report/
     try:
-        return train(
-            config, after_run=write_run_report
-        ).exit_code  # 130 or 143 when a signal stopped it: not finished
+        return train(config, after_run).exit_code  # 130 or 143 when a signal stopped it
     except KeyboardInterrupt:  # a second Ctrl-C, which stops at once (the trainer said so)
         return 130
 

@@ -42,6 +42,7 @@ TINY_RUN = [
     "train.learning_rate=3e-3",
     "train.min_lr=3e-4",
     "train.wandb.mode=disabled",
+    "train.report=false",
 ]
 
 

@@ -138,7 +138,9 @@ def test_a_second_ctrl_c_while_the_report_is_written_stops_at_once_and_says_so(
     """After the first Ctrl-C's checkpoint, the run writes its report (seconds of plotting): a
     user who presses Ctrl-C again then is told what stopped, as during the checkpoint."""
     out = tmp_path / "run"
-    command = train_args(shakespeare_char, out, *ENDLESS, "train.checkpoint_interval=10")
+    command = train_args(
+        shakespeare_char, out, *ENDLESS, "train.checkpoint_interval=10", "train.report=true"
+    )
     with started(command, out) as process:
         wait_for(lambda: (out / "checkpoints" / "step_0000010").exists(), [process])
         process.send_signal(signal.SIGINT)

@@ -18,6 +18,7 @@ TINY = [
     "model.context=4", "train.batch_size=4", "train.max_iters=4", "train.warmup_iters=0",
     "train.eval_interval=2", "train.eval_iters=1", "train.log_interval=1",
     "train.checkpoint_interval=100", "train.wandb.mode=disabled", "train.cpu=true",
+    "train.report=false",
 ]  # fmt: skip
 RUNS = {
     "mlp_small": ["model.arch=mlp", "model.init=lecun", "model.init_scale=0.1"],

@@ -241,6 +241,15 @@ def test_a_real_run_ends_with_its_report_and_takes_the_test_result(shakespeare_c
     assert row["test bits per byte"] == f"{test['bits_per_byte']:.4f}"
 
 
+def test_a_run_with_train_report_false_writes_no_report(shakespeare_char, tmp_path):
+    out = tmp_path / "run"
+    result = run_python(*train_command(shakespeare_char, out, "train.max_iters=2",
+                                       "train.report=false"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "report:" not in result.stdout and not (out / "report").exists()
+    assert result.stdout.splitlines()[-1].startswith("finished at step 2 of 2;")
+
+
 def test_a_clean_stop_writes_the_report(shakespeare_char, tmp_path):
     out = tmp_path / "run"
     command = train_command(shakespeare_char, out, "train.max_iters=100000")

@@ -38,6 +38,7 @@ TINY = {
     "train.log_interval": 3,
     "train.checkpoint_interval": 100,
     "train.wandb.mode": "disabled",
+    "train.report": False,  # each run's own; the sweep's report is drawn all the same
     "train.cpu": True,
 }
 

@@ -38,6 +38,7 @@ TINY = [
     "train.log_interval=5",
     "train.wandb.mode=disabled",
     "train.cpu=true",  # bitwise results are promised on the CPU; 2 processes need no 2 GPUs
+    "train.report=false",  # a second of figures, which the tests of the report turn back on
 ]
 
 

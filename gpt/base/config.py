@@ -252,6 +252,11 @@ class TrainConfig(Section):
     )
     checkpoint_interval: PositiveInt = Field(500, description="steps between resumable checkpoints")
     keep_checkpoints: PositiveInt = Field(3, description="how many recent checkpoints to keep")
+    report: bool = Field(
+        True,
+        description="write OUT_DIR/report/ (figures, report.md) when the run ends or stops cleanly; "
+        "python -m gpt.report OUT_DIR writes it at any time",
+    )
     early_stopping_patience: int = Field(
         0, ge=0, description="evaluations without progress (0: off)"
     )

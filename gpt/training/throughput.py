@@ -18,6 +18,7 @@ the reason for the floor in pyproject.toml); an older torch gets one line saying
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -106,6 +107,7 @@ def _require_fp32_precision_api() -> None:
         )
 
 
+@functools.cache  # the machine does not change within a process: measured once, not per trainer
 def measure_matmul_flops(device: torch.device, size: int = 1024, seconds: float = 0.3) -> float:
     """FLOP/s of repeated ``size x size`` float32 matrix products on ``device``, best of a few runs."""
     generator = torch.Generator(device).manual_seed(0)  # leaves the global RNG (dropout) alone
