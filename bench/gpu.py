@@ -245,7 +245,7 @@ def measure_fp16(data_dir: Path, out_dir: Path, args: argparse.Namespace) -> dic
 
 def fsdp_steps(quick: bool) -> tuple[int, int]:
     """The FSDP runs' length and checkpoint interval, in steps."""
-    return (6, 2) if quick else (30, 10)
+    return (4, 2) if quick else (30, 10)
 
 
 def fsdp_command(data_dir: Path, out_dir: Path, quick: bool, memory_file: Path) -> list[str]:
