@@ -25,8 +25,8 @@ CPU) and, where it compiles, the seconds its warm-up took:
   hold bitwise the same weights, and the largest difference if not.
 * **fp16 with its gradient scaler** (:func:`measure_fp16`): a few eager steps of GPT-2 124M in fp16:
   tokens/s, how many steps the scaler skipped (overflowing gradients) and its last scale. On the
-  CPU it is skipped, with the reason in the JSON: accelerate's fp16 needs CUDA (the trainer refuses
-  it on the CPU).
+  CPU it is skipped, with the reason in the JSON: accelerate's fp16 needs CUDA (``train.py``
+  refuses it on the CPU).
 
 The tokens are the bundled Shakespeare, prepared with the char tokenizer: the speed of a step does
 not depend on which tokens it reads, and the configs' vocabulary (50,304) covers the 65 characters.
@@ -51,7 +51,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from accelerate.state import AcceleratorState
 
-import bench
+import bench  # bench.start_python: the suite puts its warm interpreter's forks there
 from bench import (
     CONFIGS,
     DISCARDED,
@@ -106,7 +106,7 @@ COMPILED_SAMPLING_ON_CPU = (
 )
 FP16_ON_CPU = (
     "not on the CPU: accelerate's fp16 and its gradient scaler need CUDA (on the CPU it would "
-    "train in fp32, and the trainer refuses train.mixed_precision=fp16 there)"
+    "train in fp32, and train.py refuses train.mixed_precision=fp16 there)"
 )
 
 
@@ -196,7 +196,9 @@ def measure_sampling(
         start = time.perf_counter()
         seconds_to_generate(model, 8, batch_size, use_cache=True, compiled=compiled)
         warmup_seconds = time.perf_counter() - start
-        seconds = seconds_to_generate(model, new_tokens, batch_size, True, compiled=compiled)
+        seconds = seconds_to_generate(
+            model, new_tokens, batch_size, use_cache=True, compiled=compiled
+        )
     return {
         **setting,
         "warmup_seconds": warmup_seconds,
@@ -268,8 +270,8 @@ def fsdp_steps(quick: bool) -> tuple[int, int]:
 
 
 def fsdp_command(data_dir: Path, out_dir: Path, quick: bool, memory_file: Path) -> list[str]:
-    """The arguments of ``python train.py`` of GPT-2 124M sharded over a process group of one, its GPU memory
-    peak written to ``memory_file`` (:mod:`bench.gpu_memory`)."""
+    """The arguments of ``python train.py`` of GPT-2 124M sharded over a process group of one,
+    its GPU memory peak written to ``memory_file`` (:mod:`bench.gpu_memory`)."""
     steps, interval = fsdp_steps(quick)
     overrides = [
         f"data.dir={data_dir}",
@@ -329,9 +331,7 @@ def measure_fsdp_resume(data_dir: Path, scratch: Path, quick: bool) -> dict:
     resumed_stdout = run_python(command).stdout
     expected, found = final_weights(uninterrupted), final_weights(interrupted)
     differences = [(expected[name].float() - found[name].float()).abs().max() for name in expected]
-    peaks = {
-        name: json.loads(path.read_text())["peak_memory_bytes"] for name, path in memory.items()
-    }
+    peaks = [json.loads(path.read_text())["peak_memory_bytes"] for path in memory.values()]
     return {
         "config": FSDP_CONFIG,
         **kill,
@@ -339,7 +339,7 @@ def measure_fsdp_resume(data_dir: Path, scratch: Path, quick: bool) -> dict:
         "resumed_from": resumed_from(resumed_stdout),
         "bitwise_equal": all(torch.equal(expected[name], found[name]) for name in expected),
         "max_abs_difference": max(differences).item(),
-        "peak_memory_bytes": max(peaks.values(), key=lambda peak: peak or 0),
+        "peak_memory_bytes": None if None in peaks else max(peaks),
         "seconds": time.perf_counter() - start,
     }
 
