@@ -59,7 +59,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def seconds_to_generate(
-    model: LanguageModel, new_tokens: int, batch_size: int, use_cache: bool
+    model: LanguageModel, new_tokens: int, batch_size: int, use_cache: bool, compiled: bool = False
 ) -> float:
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(0)
@@ -72,6 +72,7 @@ def seconds_to_generate(
         num_samples=batch_size,
         generator=generator,
         use_cache=use_cache,
+        compiled=compiled,
     ):
         pass
     if device.type == "cuda":

@@ -197,8 +197,9 @@ def test_the_gpu_benchmark_runs_its_quick_form_on_the_cpu(
     tmp_path, monkeypatch, fresh_accelerate_state
 ):
     """``python -m bench.gpu --quick``: both configs' kinds trained and sampled through the same
-    code as on a GPU (tiny shapes, bf16 autocast, eager); only figures of the right kind are
-    checked, never a speed."""
+    code as on a GPU (tiny shapes, bf16 autocast, eager), a sharded run SIGKILLed and resumed
+    exactly; the parts that need CUDA (compiled sampling, fp16) skipped with their reason. Only
+    figures of the right kind are checked, never a speed."""
     from accelerate.state import AcceleratorState
 
     from bench import gpu
@@ -218,9 +219,19 @@ def test_the_gpu_benchmark_runs_its_quick_form_on_the_cpu(
         assert training["tokens_per_step"] == 2 * 32 and training["steps"] == 3
         assert training["tokens_per_sec"] > 0 and 0 < training["mfu"] < 1
         assert training["peak_memory_bytes"] is None  # the CPU has no allocator peak
-        assert [s["batch_size"] for s in outcome["sampling"]] == [1, 8]
-        assert all(s["tokens_per_sec"] > 0 for s in outcome["sampling"])
+        eager, compiled = outcome["sampling"][:2], outcome["sampling"][2:]
+        assert [(s["batch_size"], s["compiled"]) for s in eager] == [(1, False), (8, False)]
+        assert all(s["tokens_per_sec"] > 0 for s in eager)
+        assert [(s["batch_size"], s["compiled"]) for s in compiled] == [(1, True), (8, True)]
+        assert all(s["skipped"].startswith("not on the CPU: compiling") for s in compiled)
         assert f"| {name} |" in printed.getvalue()
+    fsdp = result["fsdp_resume"]
+    assert fsdp["killed"] and fsdp["checkpoints_when_killed"][0] == "step_0000002"
+    assert fsdp["resumed_from"] in fsdp["checkpoints_when_killed"]
+    assert fsdp["bitwise_equal"] and fsdp["max_abs_difference"] == 0.0  # promised on the CPU
+    assert fsdp["steps"] == 4 and fsdp["peak_memory_bytes"] is None
+    assert result["fp16"]["skipped"].startswith("not on the CPU: accelerate's fp16")
+    assert "fp16 with its gradient scaler: skipped" in printed.getvalue()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")

@@ -110,6 +110,25 @@ def test_seeded_samples_are_the_same_with_and_without_the_kv_cache_for_the_moder
     assert cached == recomputed
 
 
+@pytest.mark.slow  # compiling each model's step on the CPU takes 10-20 s, cached after
+@pytest.mark.parametrize("options", [{}, MODERN], ids=["textbook", "modern"])
+def test_the_compiled_step_samples_the_tokens_of_the_eager_one_past_block_size(options):
+    """``compiled=True``: the one-token step compiled with a static cache (on the CPU, inductor
+    without CUDA graphs), through several refills of the window, and once more in a new call."""
+    model = tiny_model(65, **options)
+    prompt, length = [5, 17, 3, 40, 22], 3 * BLOCK
+
+    def sampled(compiled: bool) -> list[list[int]]:
+        return generated(
+            model, prompt, length, num_samples=2, generator=seeded(3), compiled=compiled
+        )
+
+    eager = sampled(compiled=False)
+    assert sampled(compiled=True) == eager
+    assert sampled(compiled=True) == eager
+    assert len(set(eager[0])) > 1
+
+
 @pytest.mark.parametrize("options", [{}, MODERN], ids=["textbook", "modern"])
 def test_the_cache_holds_the_last_tokens_and_gives_their_logits_past_block_size(options):
     """After every refill too: with RoPE the refilled tokens are rotated from position 0 again."""

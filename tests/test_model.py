@@ -291,17 +291,31 @@ def test_flops_per_token_matches_counted_training_flops(arch, bias):
     assert model.flops_per_token() >= counted
 
 
-def test_kv_cache_decoding_matches_the_full_forward_pass():
+def decoded_in_pieces(model: LanguageModel, tokens: torch.Tensor, cache) -> torch.Tensor:
+    """The logits of ``tokens`` fed through ``cache`` from position 0: a prefill, one token at a
+    time, then several tokens after the cached ones."""
+    pieces = [model(tokens[:, :5], cache=cache)[0]]
+    for t in range(5, 20):
+        pieces.append(model(tokens[:, t : t + 1], cache=cache)[0])
+    pieces.append(model(tokens[:, 20:], cache=cache)[0])
+    return torch.cat(pieces, dim=1)
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["growing", "static"])
+def test_kv_cache_decoding_matches_the_full_forward_pass(static):
+    """The static cache (fixed shapes, for a compiled step) too, and again once emptied for reuse
+    with other tokens: what its positions past the length still hold is masked out."""
     model = make_model("gpt").eval()
     tokens = random_tokens(3, BLOCK)
-    full, _ = model(tokens)
-    cache = model.new_cache(batch_size=3)
-    pieces = [model(tokens[:, :5], cache=cache)[0]]  # prefill from position 0
-    for t in range(5, 20):  # one token at a time
-        pieces.append(model(tokens[:, t : t + 1], cache=cache)[0])
-    pieces.append(model(tokens[:, 20:], cache=cache)[0])  # several tokens after the cached ones
+    cache = model.new_cache(batch_size=3, static=static)
+    decoded = decoded_in_pieces(model, tokens, cache)
     assert cache.length == BLOCK
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)
+    torch.testing.assert_close(decoded, model(tokens)[0], rtol=0, atol=1e-5)
+    if static:
+        cache.clear()
+        others = random_tokens(3, BLOCK, seed=2)
+        decoded = decoded_in_pieces(model, others, cache)
+        torch.testing.assert_close(decoded, model(others)[0], rtol=0, atol=1e-5)
 
 
 def test_kv_cache_refuses_to_go_past_block_size():

@@ -72,8 +72,8 @@ def test_rope_replaces_the_position_table_and_attends_by_relative_position():
     q, k = torch.randn(2, 1, 1, 1, 8).unbind(0)  # (batch, head, position, head_dim) each
 
     def score(query_position: int, key_position: int) -> torch.Tensor:
-        at_q = Rotation(query_position, 1, config, CPU)
-        at_k = Rotation(key_position, 1, config, CPU)
+        at_q = Rotation(torch.tensor([query_position], device=CPU), config)
+        at_k = Rotation(torch.tensor([key_position], device=CPU), config)
         return (at_q.apply(q) * at_k.apply(k)).sum()
 
     torch.testing.assert_close(score(7, 3), score(17, 13))  # the same distance: the same score
@@ -143,6 +143,20 @@ def test_grouped_query_attention_shares_key_value_heads_and_caches_only_them():
     torch.testing.assert_close(torch.cat([first, rest], dim=1), full)
     with pytest.raises(UserError, match="n_kv_head"):
         load_config(None, ["model.n_head=4", "model.n_kv_head=3", "model.n_embd=32"])
+
+
+def test_the_static_kv_cache_decodes_rotated_grouped_heads_as_the_growing_one():
+    """Its keys are written at a position tensor and rotated from it, as a compiled step needs."""
+    model = make_gpt(n_kv_head=2, rope=True, qk_norm=True).eval()
+    sequence = tokens(3, 10)
+    logits = {}
+    for static in (False, True):
+        cache = model.new_cache(batch_size=3, static=static)
+        pieces = [model(sequence[:, :6], cache=cache)[0]]
+        pieces += [model(sequence[:, t : t + 1], cache=cache)[0] for t in range(6, 10)]
+        logits[static] = torch.cat(pieces, dim=1)
+    torch.testing.assert_close(logits[True], logits[False], rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits[True], model(sequence)[0], rtol=0, atol=1e-5)
 
 
 def test_untied_head_has_its_own_matrix_and_tying_stays_the_default():

@@ -22,12 +22,23 @@ them) and goes on appending, so each refill buys ``block_size // 2`` cheap steps
 therefore ranges from half a block to a full block. Both paths see the same tokens, and pick the
 same greedy tokens, until the context first overflows; after that their contexts differ, and so
 may their tokens.
+
+The compiled step
+-----------------
+``generate(..., compiled=True)`` runs the cached path's one-token step through ``torch.compile``
+(:class:`CompiledCachedContext`). The step then has fixed shapes (a
+:class:`gpt.models.gpt.StaticKVCache`: attention over every cache position, the unfilled ones
+masked), so it compiles once per model and batch size, and on a GPU the "reduce-overhead" mode
+captures it as a CUDA graph replayed for every token: one launch instead of one per kernel, which
+is most of a small model's decoding time at small batches. The prompt and each refill of the cache
+run eager. Compiling takes seconds to a minute: worth it for long or repeated generation on a GPU.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -35,6 +46,7 @@ import torch
 
 from gpt.base.errors import UserError
 from gpt.data.tokenizer import Tokenizer
+from gpt.models.gpt import KVCache
 from gpt.models.lm import LanguageModel
 
 # Samples are generated as one batch, whose memory grows with it (the KV cache, the logits).
@@ -114,11 +126,25 @@ class RecomputedContext:
         return logits[:, -1]
 
 
+def decode_step(model: LanguageModel, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """The logits (B, vocab) after feeding one more token per row, ``tokens`` (B, 1), into
+    ``cache``."""
+    logits, _ = model(tokens, cache=cache)
+    return logits[:, -1]
+
+
+@functools.cache
+def compiled_decode_step() -> Callable[[LanguageModel, torch.Tensor, KVCache], torch.Tensor]:
+    """:func:`decode_step` compiled, made on first use (importing the compiler takes seconds).
+    ``dynamic=False``: one graph of fixed shapes per model and batch size, as CUDA graphs need."""
+    return torch.compile(decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+
+
 class CachedContext:
     """Feeds each new token once through GPT's KV cache; refills it when it is full.
 
-    ``tokens`` are the tokens whose keys and values the cache holds (see the module docstring for
-    the sliding window).
+    ``tokens`` are the tokens whose keys and values the cache holds, and the newest token once it
+    is appended, before it is fed (see the module docstring for the sliding window).
     """
 
     def __init__(self, model: LanguageModel, prompt: torch.Tensor):
@@ -130,18 +156,46 @@ class CachedContext:
     def append(self, next_tokens: torch.Tensor) -> None:
         """Add one token per row and compute the logits for the token after it."""
         self.tokens = torch.cat([self.tokens, next_tokens[:, None]], dim=1)
-        if self.cache.length == self.model.block_size:
+        if self.tokens.size(1) > self.model.block_size:  # the cache is full
             self.tokens = self.tokens[:, -max(1, self.model.block_size // 2) :]
             self.logits = self._feed_into_new_cache()
         else:
-            logits, _ = self.model(next_tokens[:, None], cache=self.cache)
-            self.logits = logits[:, -1]
+            self.logits = self._decode(next_tokens[:, None])
+
+    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return decode_step(self.model, tokens, self.cache)
+
+    def _new_cache(self) -> KVCache:
+        return self.model.new_cache(self.tokens.size(0))
 
     @torch.inference_mode()
     def _feed_into_new_cache(self) -> torch.Tensor:
-        self.cache = self.model.new_cache(self.tokens.size(0))
+        self.cache = self._new_cache()
         logits, _ = self.model(self.tokens, cache=self.cache)
         return logits[:, -1]
+
+
+class CompiledCachedContext(CachedContext):
+    """The cached path with its one-token step compiled (see "The compiled step" above).
+
+    One static cache serves the context's whole life, emptied at each refill (positions past its
+    length are masked, so what they held does not matter): its tensors keep their addresses, those
+    the CUDA graph was recorded with, and the graph updates them in place instead of copying them
+    into its own memory at every replay."""
+
+    def __init__(self, model: LanguageModel, prompt: torch.Tensor):
+        self.static_cache = model.new_cache(prompt.size(0), static=True)
+        for tensor in (self.static_cache.keys, self.static_cache.values, self.static_cache.length):
+            torch._dynamo.mark_static_address(tensor, guard=False)  # no recompiling for a new one
+        super().__init__(model, prompt)
+
+    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()  # a new step: the last replay's output is cloned
+        return compiled_decode_step()(self.model, tokens, self.cache).clone()
+
+    def _new_cache(self) -> KVCache:
+        self.static_cache.clear()
+        return self.static_cache
 
 
 def check_lengths(max_new_tokens: int, num_samples: int) -> None:
@@ -168,13 +222,15 @@ def generate(
     num_samples: int = 1,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    compiled: bool = False,
     vocab_size: int | None = None,
 ) -> Iterator[list[int]]:
     """Yield the next token of each of ``num_samples`` continuations of the prompt, step by step.
 
     All samples run together as one batch for up to ``max_new_tokens`` steps; stop iterating to
     stop early. A prompt longer than ``model.block_size`` is cropped to its last ``block_size``
-    tokens. ``use_cache`` uses the KV cache where the model has one (GPT). ``vocab_size`` keeps ids
+    tokens. ``use_cache`` uses the KV cache where the model has one (GPT), ``compiled`` with its
+    one-token step compiled (see the module docstring; ignored without a cache). ``vocab_size`` keeps ids
     at or above it (padding rows of the output layer) from being sampled. ``generator`` makes the
     sampling reproducible; it must live on the model's device. The model is put in eval mode.
     """
@@ -185,14 +241,19 @@ def generate(
     device = next(model.parameters()).device
     prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     prompt = prompt.expand(num_samples, -1)
-    has_cache = hasattr(model, "new_cache")
-    context = (CachedContext if use_cache and has_cache else RecomputedContext)(model, prompt)
+    context = _context_kind(model, use_cache, compiled)(model, prompt)
     for step in range(max_new_tokens):
         with torch.inference_mode():
             next_tokens = sample_next_tokens(context.logits[:, :vocab_size], settings, generator)
         yield next_tokens.tolist()
         if step + 1 < max_new_tokens:
             context.append(next_tokens)
+
+
+def _context_kind(model: LanguageModel, use_cache: bool, compiled: bool) -> type:
+    if not use_cache or not hasattr(model, "new_cache"):
+        return RecomputedContext
+    return CompiledCachedContext if compiled else CachedContext
 
 
 @dataclass

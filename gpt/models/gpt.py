@@ -38,7 +38,7 @@ from gpt.models.lm import LanguageModel, norm_layer
 
 
 class Rotation:
-    """Rotary position embedding (RoPE; Su et al., 2021) for positions start..start+time-1.
+    """Rotary position embedding (RoPE; Su et al., 2021) for the tokens at ``positions``.
 
     Each head's features are split into two halves, (x1, x2), and the pair (x1[i], x2[i]) is
     rotated by the angle position · base^(-2i / head_dim). Rotating queries and keys so makes
@@ -48,12 +48,12 @@ class Rotation:
     sines are computed in fp32, as transformers does, then cast to the activations' dtype.
     """
 
-    def __init__(self, start: int, time: int, config: ModelConfig, device: torch.device):
+    def __init__(self, positions: torch.Tensor, config: ModelConfig):
         head_dim = config.attention_head_dim
+        device = positions.device
         exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float()
         inverse_wavelengths = 1.0 / (config.rope_base ** (exponents / head_dim))
-        positions = torch.arange(start, start + time, device=device).float()
-        angles = torch.outer(positions, inverse_wavelengths)  # (time, head_dim / 2)
+        angles = torch.outer(positions.float(), inverse_wavelengths)  # (time, head_dim / 2)
         angles = torch.cat([angles, angles], dim=-1)  # (time, head_dim): both halves
         self.cos, self.sin = angles.cos(), angles.sin()
 
@@ -65,6 +65,15 @@ class Rotation:
         return x * cos + rotated_half * sin
 
 
+def check_room(start: int, new: int, block_size: int) -> None:
+    """Refuse to feed ``new`` tokens at position ``start`` past the model's context."""
+    if start + new > block_size:
+        raise ValueError(
+            f"cannot feed {new} tokens at position {start}: the model's context is "
+            f"block_size={block_size} tokens"
+        )
+
+
 class KVCache:
     """The keys and values of the tokens fed so far, for every layer, so that generating a token
     costs one position's work instead of re-running the whole context.
@@ -72,7 +81,8 @@ class KVCache:
     The tensors are allocated once at their full length (B, n_kv_head, block_size, head_dim) per
     layer (grouped-query attention stores only its key/value heads); ``length`` counts the positions
     filled, and :meth:`GPT.forward` advances it. Keys are stored rotated (RoPE), each at the
-    position it was fed at.
+    position it was fed at. Attention reads the filled positions alone, so its shapes grow with
+    every token; :class:`StaticKVCache` keeps them fixed.
     """
 
     def __init__(
@@ -89,6 +99,15 @@ class KVCache:
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
+
+    def positions(self, new: int) -> torch.Tensor:
+        """The positions of the next ``new`` tokens: length..length+new-1."""
+        check_room(self.length, new, self.keys.size(3))
+        return torch.arange(self.length, self.length + new, device=self.keys.device)
+
+    def advance(self, new: int) -> None:
+        """Count ``new`` more positions as filled (once every layer has stored them)."""
+        self.length += new
 
     def update(
         self, layer: int, keys: torch.Tensor, values: torch.Tensor
@@ -110,6 +129,44 @@ class KVCache:
         total = self.length + new_positions
         mask = torch.ones(new_positions, total, dtype=torch.bool, device=self.keys.device)
         return mask.tril(diagonal=self.length)
+
+
+class StaticKVCache(KVCache):
+    """A KV cache whose tensors keep their shapes from token to token, so that a decoding step can
+    be compiled once and replayed as a CUDA graph (:mod:`gpt.models.generate`'s compiled path).
+
+    ``length`` is a tensor on the device, advanced in place; new keys and values are written at
+    it, and attention reads all ``block_size`` positions, the unfilled ones masked out. The host
+    never reads the length: feeding past ``block_size`` is the caller's to avoid (the write then
+    fails on its index).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.length = torch.zeros((), dtype=torch.long, device=self.keys.device)
+
+    def positions(self, new: int) -> torch.Tensor:
+        return self.length + torch.arange(new, device=self.keys.device)
+
+    def advance(self, new: int) -> None:
+        self.length.add_(new)
+
+    def clear(self) -> None:
+        """Empty the cache for reuse (what the positions past its length hold is never read)."""
+        self.length.zero_()
+
+    def update(
+        self, layer: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = self.positions(keys.size(2))
+        self.keys[layer].index_copy_(2, positions, keys.to(self.keys.dtype))
+        self.values[layer].index_copy_(2, positions, values.to(self.values.dtype))
+        return self.keys[layer], self.values[layer]
+
+    def causal_mask(self, new_positions: int) -> torch.Tensor:
+        """(new, block_size) booleans: a new token sees the filled positions and itself."""
+        every_position = torch.arange(self.keys.size(3), device=self.keys.device)
+        return every_position <= self.positions(new_positions)[:, None]
 
 
 class CausalSelfAttention(nn.Module):
@@ -254,32 +311,32 @@ class GPT(LanguageModel):
         With a ``cache``, ``idx`` holds the next tokens after the ``cache.length`` already fed; they
         see those through the cache, which is then extended by them.
         """
-        start = 0 if cache is None else cache.length
         time = idx.size(1)
-        if start + time > self.block_size:
-            raise ValueError(
-                f"cannot feed {time} tokens at position {start}: the model's context is "
-                f"block_size={self.block_size} tokens"
-            )
+        if cache is None:
+            check_room(0, time, self.block_size)
+            positions = torch.arange(time, device=idx.device)
+        else:
+            positions = cache.positions(time)
         x = self.token_embedding(idx)
         rotation = None
         if self.config.rope:
-            rotation = Rotation(start, time, self.config, x.device)
+            rotation = Rotation(positions, self.config)
         else:
-            x = x + self.position_embedding.weight[start : start + time]  # rows start..start+T-1
+            x = x + self.position_embedding(positions)
         x = self.embedding_dropout(x)
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer, rotation)
         logits = self.lm_head(self.final_norm(x))
         if cache is not None:
-            cache.length += time
+            cache.advance(time)
         return logits, None if targets is None else self.loss(logits, targets)
 
-    def new_cache(self, batch_size: int) -> KVCache:
-        """An empty KV cache for generating ``batch_size`` sequences with this model."""
+    def new_cache(self, batch_size: int, static: bool = False) -> KVCache:
+        """An empty KV cache for generating ``batch_size`` sequences with this model; ``static``:
+        one of fixed shapes, for a compiled decoding step (:class:`StaticKVCache`)."""
         config = self.config
         weight = self.token_embedding.weight
-        return KVCache(
+        return (StaticKVCache if static else KVCache)(
             n_layer=config.n_layer,
             batch_size=batch_size,
             n_head=config.kv_heads,

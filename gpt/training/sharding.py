@@ -12,6 +12,11 @@ saves each process's RNG state.
 * **Sharding**: every transformer block is a unit of its own, then the whole model (embeddings,
   final norm and head, tied or not). With ``train.mixed_precision=bf16`` parameters are gathered
   and used in bf16 and gradients reduced in fp32 (FSDP2's mixed precision policy).
+* **Gradient accumulation**: accelerate's ``no_sync`` reaches DDP models only, so the trainer
+  turns FSDP2's gradient sync off for every micro-step but the last
+  (``set_requires_gradient_sync``): gradients accumulate unsharded on each process and are
+  reduce-scattered once per optimizer step, as DDP all-reduces them once, at the cost of holding
+  the unsharded gradients between micro-steps.
 * **Optimizer**: wrapped as accelerate wraps it (so that it steps once per accumulated step) but
   not registered with the accelerator, whose ``save_state`` would write the main process's shard
   of its state as if it were the whole.

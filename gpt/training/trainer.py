@@ -429,6 +429,8 @@ class Trainer:
             )
             torch.manual_seed(micro_batch_seed(train.seed, step, part.start))  # dropout masks
             with accelerator.accumulate(self.model):
+                if train.fsdp:  # DDP's no_sync for FSDP2, which accelerate applies to DDP only
+                    self.model.set_requires_gradient_sync(accelerator.sync_gradients)
                 _, loss = self.forward(inputs, targets)
                 accelerator.backward(loss)
                 loss_sum += loss.detach()
