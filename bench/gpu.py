@@ -277,6 +277,7 @@ def fsdp_command(data_dir: Path, out_dir: Path, quick: bool, memory_file: Path) 
         f"data.dir={data_dir}",
         f"train.out_dir={out_dir}",
         "train.wandb.mode=disabled",
+        "train.report=false",  # the figures are not what is measured
         f"train.max_iters={steps}",
         f"train.checkpoint_interval={interval}",
         f"train.eval_interval={steps}",
