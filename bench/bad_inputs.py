@@ -355,7 +355,9 @@ CASES = {
         (*TRAIN, "model.n_layer"), ("'model.n_layer'", "section.key=value"), cheap=True
     ),
     "train: a bad WANDB_MODE": Case(
-        TRAIN[:-1], ("WANDB_MODE='loud'", "disabled, offline, online"), env={"WANDB_MODE": "loud"}
+        tuple(word for word in TRAIN if word != "train.wandb.mode=disabled"),  # W&B's own mode
+        ("WANDB_MODE='loud'", "disabled, offline, online"),
+        env={"WANDB_MODE": "loud"},
     ),
     "train: a NaN learning rate": Case(
         (*TRAIN, "train.learning_rate=nan"),

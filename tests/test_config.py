@@ -214,3 +214,31 @@ def test_the_command_line_exits_2_without_a_traceback():
     assert result.stderr.strip() == (
         "error: unknown config key 'model.n_lyer' (did you mean 'model.n_layer'?)"
     )
+
+
+class Writes(list):
+    """A stderr that keeps each write apart, as an unbuffered one passes each to the system."""
+
+    def write(self, text: str) -> int:
+        self.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "failure", [UserError("a bad input"), PermissionError(13, "Permission denied", "x.txt")]
+)
+def test_the_error_line_is_one_write(failure, monkeypatch):
+    """torchrun starts its processes with unbuffered output: two that fail together must not
+    interleave the pieces of their lines on the stderr they share."""
+    writes = Writes()
+    monkeypatch.setattr("sys.stderr", writes)
+
+    def fail(argv: list[str]) -> None:
+        raise failure
+
+    assert run_cli(fail, []) == 2
+    assert len(writes) == 1 and writes[0].startswith("error: ") and writes[0].endswith("\n")
+    assert writes[0].count("\n") == 1

@@ -91,3 +91,11 @@ def test_an_environment_read_at_start_up_gets_a_fresh_interpreter():
     assert isinstance(fresh, subprocess.Popen)
     assert fresh.wait(timeout=60) == 0
     assert WARM.children_cpu_seconds > 0
+
+
+def test_accelerate_launches_fork_but_for_the_single_process_launcher():
+    """The trainer asks a single-process launcher, which it tells by its command line, to stop
+    quietly: that launcher starts fresh; torchrun's (--multi_gpu) is forked."""
+    launch = ["-m", "accelerate.commands.launch", "--num_processes", "2", "train.py"]
+    assert not WARM._can_fork(launch, dict(os.environ))
+    assert WARM._can_fork([*launch[:2], "--multi_gpu", *launch[2:]], dict(os.environ))

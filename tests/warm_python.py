@@ -12,15 +12,17 @@ for an uncaught KeyboardInterrupt), threads joined and atexit handlers run at th
 What a fork cannot reproduce runs cold, in a fresh interpreter: an environment that changes what is
 read at start-up (``PYTHON*``, ``TORCH*``, thread counts, ``LD_*``: see ``STARTUP_PREFIXES``), a
 command line other than ``SCRIPT ...``, ``-m MODULE ...`` or ``-c CODE ...``, accelerate's launcher
-(a forked process keeps its parent's command line, and the trainer tells the launcher by its
-command line), and everything when ``WARM_PYTHON=0`` (in the environment, or in a command's: what
-a fresh interpreter imports is seen only in one). Commands are started and signalled too
-(:meth:`WarmPython.start` gives what tests use of a ``subprocess.Popen``).
+but with ``--multi_gpu`` (a forked process keeps its parent's command line, and the trainer tells
+a single-process launcher by its command line, to ask it to stop quietly; a ``--multi_gpu`` launch
+is torchrun's, never one to ask), and everything when ``WARM_PYTHON=0`` (in the environment, or in
+a command's: what a fresh interpreter imports is seen only in one). Commands are started and
+signalled too (:meth:`WarmPython.start` gives what tests use of a ``subprocess.Popen``).
 """
 
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
 import queue
@@ -41,6 +43,7 @@ PRELOADED = (
     "torch._dynamo",
     "torch.optim",
     "accelerate",
+    "accelerate.commands.launch",
     "matplotlib",
     "gpt.train_cli",
     "gpt.sample_cli",
@@ -55,6 +58,12 @@ SET_BY_TORCH = ("TORCHINDUCTOR_CACHE_DIR",)
 
 
 # ----- the test process's side --------------------------------------------------------------------
+
+
+def is_single_process_launcher(args: list[str]) -> bool:
+    """``-m accelerate.commands.launch ...`` without ``--multi_gpu``: the launcher that may start
+    one process where several were asked for (see the module's docstring)."""
+    return args[:2] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" not in args
 
 
 class WarmProcess:
@@ -175,7 +184,7 @@ class WarmPython:
         if env.get("WARM_PYTHON") == "0" or not args:
             return False
         if args[0] in ("-m", "-c"):
-            if len(args) < 2 or args[:2] == ["-m", "accelerate.commands.launch"]:
+            if len(args) < 2 or is_single_process_launcher(args):
                 return False
         elif args[0].startswith("-"):
             return False
@@ -272,12 +281,12 @@ def serve() -> None:
 
 def warm_up() -> None:
     """Do here, once for every child, what each command would do the first time: matplotlib's
-    first figure loads its fonts (a third of a second a report), and the CPU's peak FLOP/s (for
-    MFU), which a process measures once, takes a third of a second a run."""
-    import torch
+    first figure loads its fonts (a third of a second a report). Nothing here may run torch's
+    parallel operations: a child forked after OpenMP's threads have started hangs in its own.
 
+    Then everything imported is frozen out of the garbage collector's sight: a child's collections
+    (train.py's own at its end, automatic ones) walk the objects it made, not the whole of torch."""
     from gpt.analysis.figures import new_figure, save_png
-    from gpt.training.throughput import measure_matmul_flops
 
     figure, (ax,) = new_figure()
     ax.plot([0, 1], [1, 0], label="a line")
@@ -285,7 +294,8 @@ def warm_up() -> None:
     ax.legend()
     with tempfile.TemporaryDirectory() as folder:
         save_png(figure, Path(folder) / "warm-up.png")
-    measure_matmul_flops(torch.device("cpu"))
+    gc.collect()
+    gc.freeze()
 
 
 def reap(children: set[int], replies) -> None:

@@ -30,11 +30,19 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
     try:
         return main(sys.argv[1:] if argv is None else argv) or 0
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        say_on_stderr(f"error: {error}")
         return USER_ERROR_EXIT_CODE
     except OSError as error:
-        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        say_on_stderr(f"error: {describe_os_error(error)}")
         return USER_ERROR_EXIT_CODE
     except KeyboardInterrupt:
-        print("interrupted (Ctrl-C); nothing unfinished was kept", file=sys.stderr)
+        say_on_stderr("interrupted (Ctrl-C); nothing unfinished was kept")
         return INTERRUPTED_EXIT_CODE
+
+
+def say_on_stderr(line: str) -> None:
+    """``line`` and its newline in one write. ``print`` writes them apart where stderr is
+    unbuffered, as torchrun starts its processes (``python -u``): the lines of two processes
+    that fail together then ran into one another on their shared stderr."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
