@@ -34,12 +34,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import bench  # bench.start_python: the suite puts its warm interpreter's forks there
 from bench import CONFIGS, OFFLINE, ROOT, format_table, prepare_corpus, write_results
 from gpt.base.cli import run_cli
 
@@ -79,14 +78,9 @@ def follow_training(command: list[str], metrics: Path) -> tuple[list[dict], list
     """Run the training command; its evaluation records, each with the ``seconds`` it appeared
     at, its train records, and the command's total wall time."""
     start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as output:
-        process = subprocess.Popen(
-            [sys.executable, *command],
-            cwd=ROOT,
-            env={**os.environ, **OFFLINE},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+    with tempfile.TemporaryDirectory() as folder:
+        output = (Path(folder) / "stdout", Path(folder) / "stderr")
+        process = bench.start_python(command, {**os.environ, **OFFLINE}, output)
         evaluations: list[dict] = []
         read_lines = 0
         while True:
@@ -102,8 +96,7 @@ def follow_training(command: list[str], metrics: Path) -> tuple[list[dict], list
                 break
             time.sleep(POLL_SECONDS)
         if process.returncode != 0:
-            output.seek(0)
-            raise RuntimeError(f"training failed:\n{output.read()[-4000:]}")
+            raise RuntimeError(f"training failed:\n{output[1].read_text()[-4000:]}")
     train_records = [r for r in map(json.loads, complete_lines(metrics)) if r["kind"] == "train"]
     return evaluations, train_records, time.perf_counter() - start
 

@@ -97,15 +97,14 @@ def wait_for_training(run_dir: Path, process: subprocess.Popen, timeout: float =
 
 
 def test_a_sweep_stopped_by_ctrl_c_continues_where_it_stopped(tmp_path):
-    """The life of a sweep: the first two runs asked for (--only) and interrupted in the second,
-    then the full command trains the rest, skipping what is done; a run that fails does not stop
-    the others."""
+    """The life of a sweep: two runs asked for (--only) and interrupted in the second, then the
+    full command trains the rest, skipping what is done; a run that fails does not stop the ones
+    after it."""
     slow = {"train.max_iters": 400, "train.eval_interval": 200, "train.log_interval": 5}
     runs = {
         "a": {},
-        "b": {"model.n_embd": 32, **slow},
         "broken": {"model.vocab_size": 10},  # smaller than the data's: the trainer refuses it
-        "c": {"model.n_embd": 24},
+        "b": {"model.n_embd": 32, **slow},
     }
     sweep, out = sweep_file(tmp_path, runs=runs), tmp_path / "out"
     command = [str(sweep), "--out", str(out)]
@@ -125,22 +124,22 @@ def test_a_sweep_stopped_by_ctrl_c_continues_where_it_stopped(tmp_path):
     second = start_sweep(*command)
     output = finish(second)
     assert second.returncode == 1, output  # broken failed; the others are done
-    assert "[1/4] a: finished earlier" in output and "[2/4] b: resuming" in output
+    assert "[1/3] a: finished earlier" in output and "[3/3] b: resuming" in output
     assert f"resumed from {out / 'b' / 'checkpoints'}" in output
     assert "model.vocab_size=10 is smaller than the data's vocabulary" in output
-    assert "broken failed (exit code 2" in output and "[4/4] c: training into" in output
-    assert "1 of 4 runs failed: broken" in output
+    assert "broken failed (exit code 2" in output
+    assert "1 of 3 runs failed: broken" in output
     assert {p.name: p.stat().st_mtime_ns for p in (out / "a").iterdir()} == a_files  # untouched
     assert json.loads((out / "b" / "run.json").read_text())["step"] == 400
 
     measured = numbers(out)
-    assert list(measured) == ["a", "b", "c"]  # broken trained nothing, so it is not compared
+    assert list(measured) == ["a", "b"]  # broken trained nothing, so it is not compared
     for name in measured:
         test = json.loads((out / name / "eval_test.json").read_text())
         assert measured[name]["test_loss"] == test["loss"]
         assert measured[name]["cpu_seconds"] > 0
     assert measured["b"]["steps"] == 400 and measured["b"]["tokens_seen"] == 400 * 4 * 16
-    assert measured["a"]["parameters"] < measured["c"]["parameters"] < measured["b"]["parameters"]
+    assert measured["a"]["parameters"] < measured["b"]["parameters"]
     summary = (out / "report" / "sweep.md").read_text()
     assert "a tiny sweep" in summary and "![Loss against model size](capacity.png)" in summary
     for figure in ("capacity.png", "loss_vs_step.png", "report.md"):
