@@ -19,10 +19,10 @@ CPU) and, where it compiles, the seconds its warm-up took:
   in the JSON: compiling it on the CPU takes 10-20 s per model, more than the rest of the quick run,
   and ``tests/test_generate.py`` checks its tokens against the eager step's (a slow test).
 * **FSDP saved, killed and resumed** (:func:`measure_fsdp_resume`): ``train.py CONFIG
-  train.fsdp=true`` (GPT-2 124M, bf16, eager, 2 micro-steps a step) as real processes of their own on the one device (a
-  process group of one): an uninterrupted run, and a run killed with SIGKILL as soon as its first
-  checkpoint is complete, then resumed by the same command; whether the final sharded checkpoints
-  hold bitwise the same weights, and the largest difference if not.
+  train.fsdp=true`` (GPT-2 124M, bf16, eager, 2 micro-steps a step) as real processes of their
+  own on the one device (a process group of one): an uninterrupted run, and a run killed with
+  SIGKILL as soon as its first checkpoint is complete, then resumed by the same command; whether
+  the final sharded checkpoints hold bitwise the same weights, and the largest difference if not.
 * **fp16 with its gradient scaler** (:func:`measure_fp16`): a few eager steps of GPT-2 124M in fp16:
   tokens/s, how many steps the scaler skipped (overflowing gradients) and its last scale. On the
   CPU it is skipped, with the reason in the JSON: accelerate's fp16 needs CUDA (``train.py``

@@ -93,9 +93,20 @@ def test_an_environment_read_at_start_up_gets_a_fresh_interpreter():
     assert WARM.children_cpu_seconds > 0
 
 
-def test_accelerate_launches_fork_but_for_the_single_process_launcher():
+def test_accelerate_launches_fork_but_for_the_single_process_launcher(tmp_path):
     """The trainer asks a single-process launcher, which it tells by its command line, to stop
-    quietly: that launcher starts fresh; torchrun's (--multi_gpu) is forked."""
-    launch = ["-m", "accelerate.commands.launch", "--num_processes", "2", "train.py"]
-    assert not WARM._can_fork(launch, dict(os.environ))
-    assert WARM._can_fork([*launch[:2], "--multi_gpu", *launch[2:]], dict(os.environ))
+    quietly: that launcher starts fresh; torchrun's (--multi_gpu, --use_fsdp, or a config of
+    type MULTI_GPU) is forked."""
+    launch = ["-m", "accelerate.commands.launch", "--num_processes", "2"]
+    multi_cpu = tmp_path / "multi_cpu.yaml"
+    multi_cpu.write_text("distributed_type: MULTI_CPU\n")
+    configs = ROOT / "configs" / "accelerate"
+    environment = dict(os.environ)
+    for single in ([], ["--config_file", str(multi_cpu)]):
+        assert not WARM._can_fork([*launch, *single, "train.py"], ROOT, environment)
+    for torchrun in (
+        ["--multi_gpu"],
+        ["--use_fsdp"],
+        ["--config_file", configs / "multi_gpu.yaml"],
+    ):
+        assert WARM._can_fork([*launch, *map(str, torchrun), "train.py"], ROOT, environment)

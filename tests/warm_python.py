@@ -37,6 +37,8 @@ import threading
 from pathlib import Path
 from subprocess import PIPE
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 PRELOADED = (
     "torch",
@@ -60,10 +62,18 @@ SET_BY_TORCH = ("TORCHINDUCTOR_CACHE_DIR",)
 # ----- the test process's side --------------------------------------------------------------------
 
 
-def is_single_process_launcher(args: list[str]) -> bool:
-    """``-m accelerate.commands.launch ...`` without ``--multi_gpu``: the launcher that may start
+def is_single_process_launcher(args: list[str], cwd: Path) -> bool:
+    """``-m accelerate.commands.launch ...`` that is not torchrun's (``--multi_gpu``,
+    ``--use_fsdp``, or a ``--config_file`` of type MULTI_GPU or FSDP): the launcher that may start
     one process where several were asked for (see the module's docstring)."""
-    return args[:2] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" not in args
+    if args[:2] != ["-m", "accelerate.commands.launch"]:
+        return False
+    if "--multi_gpu" in args or "--use_fsdp" in args:
+        return False
+    if "--config_file" in args:
+        config = yaml.safe_load((cwd / args[args.index("--config_file") + 1]).read_text())
+        return config.get("distributed_type") not in ("MULTI_GPU", "FSDP")
+    return True
 
 
 class WarmProcess:
@@ -148,7 +158,7 @@ class WarmPython:
         """``python ARGS`` started with its stdout and stderr captured as text, or written to the
         two files of ``output``: forked where it can be, else a ``subprocess.Popen``."""
         command = [sys.executable, *args]
-        if not self._can_fork(args, env):
+        if not self._can_fork(args, Path(cwd), env):
             if output is None:
                 return subprocess.Popen(
                     command, cwd=cwd, env=env, stdout=PIPE, stderr=PIPE, text=True
@@ -180,11 +190,11 @@ class WarmPython:
         self.children_cpu_seconds += ending["cpu"]
         return ending["returncode"]
 
-    def _can_fork(self, args: list[str], env: dict[str, str]) -> bool:
+    def _can_fork(self, args: list[str], cwd: Path, env: dict[str, str]) -> bool:
         if env.get("WARM_PYTHON") == "0" or not args:
             return False
         if args[0] in ("-m", "-c"):
-            if len(args) < 2 or is_single_process_launcher(args):
+            if len(args) < 2 or is_single_process_launcher(args, cwd):
                 return False
         elif args[0].startswith("-"):
             return False
