@@ -230,9 +230,10 @@ def generate(
     All samples run together as one batch for up to ``max_new_tokens`` steps; stop iterating to
     stop early. A prompt longer than ``model.block_size`` is cropped to its last ``block_size``
     tokens. ``use_cache`` uses the KV cache where the model has one (GPT), ``compiled`` with its
-    one-token step compiled (see the module docstring; ignored without a cache). ``vocab_size`` keeps ids
-    at or above it (padding rows of the output layer) from being sampled. ``generator`` makes the
-    sampling reproducible; it must live on the model's device. The model is put in eval mode.
+    one-token step compiled (see the module docstring; ignored without a cache). ``vocab_size``
+    keeps ids at or above it (padding rows of the output layer) from being sampled. ``generator``
+    makes the sampling reproducible; it must live on the model's device. The model is put in eval
+    mode.
     """
     check_lengths(max_new_tokens, num_samples)
     if not prompt_ids:
