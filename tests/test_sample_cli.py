@@ -230,10 +230,30 @@ def assert_user_error(code: int, out: str, err: str, *fragments: str) -> None:
         (["--prompt-file", "no/such/prompt.txt"], "cannot read --prompt-file"),
         (["--max-new-tokens", "abc"], "invalid int value: 'abc'; see python sample.py --help"),
         (["--device", "tpu"], "invalid choice: 'tpu'"),
+        (["--compile", "--no-cache"], "--compile compiles the KV cache's step; drop --no-cache"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(capsys, char_out, args, fragment):
     assert_user_error(*sample(capsys, "--checkpoint", str(char_out), *args), fragment)
+
+
+def test_compile_samples_through_the_compiled_step(capsys, char_out, monkeypatch):
+    """--compile reaches generate(compiled=True), whose tokens test_generate.py checks against
+    the eager step's; here it runs eager, to spare a compilation, and the text is the same."""
+    from gpt.models import generate as generation
+
+    asked = []
+    real_generate = generation.generate
+
+    def generate(*args, compiled: bool = False, **kwargs):
+        asked.append(compiled)
+        return real_generate(*args, compiled=False, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", generate)
+    options = ["--checkpoint", str(char_out), "--prompt", PROMPT, "--seed", "5", "--verbose"]
+    code, compiled_out, err = sample(capsys, *options, "--compile")
+    assert code == 0 and asked == [True] and "(KV cache, compiled," in err
+    assert sample(capsys, *options)[1] == compiled_out and asked == [True, False]
 
 
 def test_unknown_prompt_characters_are_listed(capsys, char_out):

@@ -337,6 +337,7 @@ def generate_text(
     stop_strings: Sequence[str] = (),
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    compiled: bool = False,
 ) -> Iterator[TextPiece]:
     """Yield the continuations' text as it becomes final, for streaming.
 
@@ -355,6 +356,7 @@ def generate_text(
         num_samples=num_samples,
         generator=generator,
         use_cache=use_cache,
+        compiled=compiled,
         vocab_size=tokenizer.vocab_size,
     )
     for step, next_tokens in enumerate(tokens, start=1):
