@@ -12,7 +12,7 @@ import torch
 
 from gpt.base.config import ModelConfig
 from gpt.base.errors import UserError, one_line
-from gpt.base.files import replace_file, use_default_permissions
+from gpt.base.files import replace_file, save_safetensors, use_default_permissions
 from gpt.base.paths import why_not
 from gpt.data.tokenizer import Tokenizer, load_tokenizer
 from gpt.models.gpt import build_model
@@ -55,7 +55,7 @@ def save_weights(
     stored, aliases = _each_tensor_once(weights)
 
     def write(temporary: Path) -> None:
-        safetensors.torch.save_file(stored, str(temporary), metadata={**metadata, **aliases})
+        save_safetensors(stored, temporary, {**metadata, **aliases})
         use_default_permissions(temporary)
 
     replace_file(Path(path), write)
