@@ -216,13 +216,24 @@ def untrusted_table(result: dict) -> str:
 # ----- read-only filesystems under every command that writes -------------------------------------
 
 
-def read_only_trials(campaign: Campaign, plan: Plan) -> dict:
-    work = campaign.folder("read-only")
+NO_MOUNTS = "cannot mount a filesystem here (needs unshare and user namespaces)"
+
+
+def disk_and_run(campaign: Campaign, part: str) -> tuple[Path, Path, Path] | None:
+    """The part's folder, an empty ``disk`` in it to mount filesystems on, and a short run beside
+    it; None where no filesystem can be mounted here."""
+    work = campaign.folder(part)
     disk = work / "disk"
     disk.mkdir()
     if not can_mount_a_small_disk(disk):
-        return {"skipped": "cannot mount a filesystem here (needs unshare and user namespaces)"}
-    run = trained(campaign, work / "run")
+        return None
+    return work, disk, trained(campaign, work / "run")
+
+
+def read_only_trials(campaign: Campaign, plan: Plan) -> dict:
+    if (mounted := disk_and_run(campaign, "read-only")) is None:
+        return {"skipped": NO_MOUNTS}
+    work, disk, run = mounted
     onto_disk = {
         "train.py": campaign.train(ONE, disk / "run", *SHORT),
         "data_prep": ["-m", "data_prep", "--input", str(CORPUS), "--out", str(disk / "data")],
@@ -357,12 +368,9 @@ def full_disk_commands(campaign: Campaign, run: Path, disk: Path) -> dict[str, l
 def full_disk_commands_trials(campaign: Campaign, plan: Plan) -> dict:
     """The space left is drawn from 0-32 KiB for each trial (0 for gpt.evaluate --json, whose
     file is smaller than that): the disk fills at different writes."""
-    work = campaign.folder("full-disk-commands")
-    disk = work / "disk"
-    disk.mkdir()
-    if not can_mount_a_small_disk(disk):
-        return {"skipped": "cannot mount a filesystem here (needs unshare and user namespaces)"}
-    run = trained(campaign, work / "run")
+    if (mounted := disk_and_run(campaign, "full-disk-commands")) is None:
+        return {"skipped": NO_MOUNTS}
+    work, disk, run = mounted
     seeds = random.Random(plan.seed)
     trials = []
     for _ in range(1 if plan.quick else plan.few):

@@ -413,8 +413,8 @@ def read_hf_config(path: Path, model_types: dict[str, str] | None = None) -> dic
     )
     if not path.is_dir():
         raise UserError(
-            f"model folder {path} {why_not(path, 'folder')}; download one on a machine with internet: "
-            f"{download}"
+            f"model folder {path} {why_not(path, 'folder')}; download one on a machine with "
+            f"internet: {download}"
         )
     config_file = path / CONFIG_FILE
     if not config_file.is_file():

@@ -231,9 +231,8 @@ def write_run_file(path: Path, text: str) -> None:
 
 
 CHECKPOINT_PREFIX = "step_"
-SHARDED_STATE_DIR = (
-    "sharded"  # in a checkpoint of a train.fsdp run: the model's and optimizer's shards
-)
+# in a checkpoint of a train.fsdp run: the model's and optimizer's shards
+SHARDED_STATE_DIR = "sharded"
 
 
 def write_failed(target: str, reason: str, out_dir: Path) -> UserError:
